@@ -1,0 +1,1 @@
+# The seed's experiment configs, installed as package data (pneumo_ml.experiments).

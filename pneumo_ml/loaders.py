@@ -1,0 +1,82 @@
+"""Batches of cached uint8 images, straight to the device: no per-sample Python work in the training loop."""
+from __future__ import annotations
+
+import threading
+from queue import Queue
+
+import numpy as np
+import torch
+
+
+class BatchLoader:
+    """Iterates (uint8 images (B, H, W), int64 targets (B,)) on `device`.
+
+    The order is a pure function of (seed, epoch), so an interrupted run resumes on the same batches.
+    With `world_size` > 1 each rank takes its own shard (DistributedSampler's padding rule).
+    On CUDA, batches are copied from pinned memory without blocking, one batch ahead.
+    """
+
+    def __init__(self, images: np.ndarray | torch.Tensor, targets, batch_size: int, *, shuffle: bool = False,
+                 seed: int = 0, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1):
+        self.images = torch.as_tensor(images)
+        self.targets = torch.as_tensor(np.asarray(targets), dtype=torch.int64)
+        if len(self.images) != len(self.targets):
+            raise ValueError("images and targets differ in length")
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.device = torch.device(device)
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def indices(self) -> torch.Tensor:
+        n = len(self.targets)
+        if self.shuffle:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+        else:
+            order = torch.arange(n)
+        if self.world_size > 1:
+            per_rank = -(-n // self.world_size)
+            padded = torch.cat([order, order[: per_rank * self.world_size - n]])
+            order = padded[self.rank::self.world_size]
+        return order
+
+    def __len__(self) -> int:
+        return -(-len(self.indices()) // self.batch_size)
+
+    def __iter__(self):
+        order = self.indices()
+        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        if self.device.type != "cuda":
+            for idx in batches:
+                yield self.images[idx], self.targets[idx]
+            return
+        yield from _prefetched((self._to_device(idx) for idx in batches))
+
+    def _to_device(self, idx: torch.Tensor):
+        x = self.images[idx].pin_memory().to(self.device, non_blocking=True)
+        y = self.targets[idx].pin_memory().to(self.device, non_blocking=True)
+        return x, y
+
+
+def _prefetched(iterator, depth: int = 2):
+    """Gather and copy the next batches in a thread while the GPU works on this one."""
+    queue: Queue = Queue(maxsize=depth)
+    done = object()
+
+    def fill():
+        try:
+            for item in iterator:
+                queue.put(item)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+            queue.put(e)
+        queue.put(done)
+
+    threading.Thread(target=fill, daemon=True).start()
+    while (item := queue.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item

@@ -1,0 +1,98 @@
+"""A trained model plus its card (architecture, input size, normalisation, threshold): what every front end
+(pyfunc/REST, `pneumo-ml predict`, `pneumo-ml explain`, the demo) calls to turn images into predictions."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .devices import resolve_device
+from .models import create_model
+from .preprocess import decode_resized
+from .transforms import BatchTransform
+
+NOTICE = "research use, not for diagnosis"
+LABELS = ("NORMAL", "PNEUMONIA")
+
+
+@dataclass
+class ModelCard:
+    architecture: str
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    threshold: float = 0.5
+    threshold_source: str = "default 0.5"
+    name: str = ""  # what predictions report as `model`: registered name and version, or the run
+    run_id: str = ""
+    weights_source: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ModelCard:
+        data = json.loads(Path(path).read_text())
+        data["mean"], data["std"] = tuple(data["mean"]), tuple(data["std"])
+        return cls(**data)
+
+
+class Predictor:
+    """Batched inference and Grad-CAM on uint8 images, through the same preprocessing as training."""
+
+    def __init__(self, model: torch.nn.Module, card: ModelCard, device: torch.device | str = "cpu",
+                 batch_size: int = 32):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.card = card
+        self.batch_size = batch_size
+        self.transform = BatchTransform(card.mean, card.std)
+
+    @classmethod
+    def from_files(cls, weights: str | os.PathLike, card: str | os.PathLike, device: str = "cpu") -> Predictor:
+        card_obj = ModelCard.load(card)
+        model = create_model(card_obj.architecture, pretrained="false", image_size=card_obj.image_size)
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        return cls(model, card_obj, resolve_device(device))
+
+    def decode(self, src, name: str | None = None) -> np.ndarray:
+        """Bytes or a path -> the uint8 size×size image (raises pneumo_ml.io.ImageReadError)."""
+        return decode_resized(src, self.card.image_size, name=name)
+
+    @torch.no_grad()
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """P(pneumonia) for uint8 (N, size, size) images."""
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            batch = torch.as_tensor(np.ascontiguousarray(images[start:start + self.batch_size])).to(self.device)
+            logits = self.model(self.transform(batch)).float()
+            out.append(torch.softmax(logits, 1)[:, 1].cpu().numpy())
+        return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+
+    def heatmaps(self, images: np.ndarray) -> np.ndarray:
+        from .explain import gradcam
+        return gradcam(self.model, self.card.architecture, images, self.transform, target=1, device=self.device)
+
+    def predict(self, images: np.ndarray, *, threshold: float | None = None, gradcam: bool = False) -> list[dict]:
+        """One result per image: label, probability, confidence, threshold, model (and gradcam_png)."""
+        threshold = self.card.threshold if threshold is None else float(threshold)
+        probs = self.probabilities(images)
+        maps = self.heatmaps(images) if gradcam and len(images) else None
+        results = []
+        for i, p in enumerate(probs):
+            positive = p >= threshold
+            row = {"label": LABELS[int(positive)], "probability": float(p),
+                   "confidence": float(p if positive else 1 - p), "threshold": threshold,
+                   "model": self.card.name}
+            if maps is not None:
+                from .explain import overlay_png
+                png = overlay_png(images[i], maps[i], title=f"{row['label']}  p={p:.2f}")
+                row["gradcam_png"] = base64.b64encode(png).decode("ascii")
+            results.append(row)
+        return results

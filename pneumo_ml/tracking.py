@@ -1,0 +1,321 @@
+"""The one place that talks to MLflow: runs, params, metrics, artifacts, the pyfunc model and the registry.
+
+Tracking URI: MLflow's default (sqlite:///mlflow.db in the working folder) unless MLFLOW_TRACKING_URI is set.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import shutil
+import signal
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+import mlflow
+import pandas as pd
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model, ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "pneumonia-detection"
+MODEL_NAME = "pneumonia-classifier"
+PACKAGE_DIR = Path(__file__).resolve().parent
+SERVING_REQUIREMENTS = ("torch", "torchvision", "timm", "numpy", "pandas", "pillow", "pydicom", "scipy",
+                        "captum", "matplotlib", "mlflow")
+
+
+class TrackingError(RuntimeError):
+    """A tracking or registry operation a user asked for cannot be done (bad run id, no such model...)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the run is closed as KILLED."""
+
+
+def client() -> MlflowClient:
+    return MlflowClient()
+
+
+def experiment_id(name: str = EXPERIMENT) -> str:
+    c = client()
+    found = c.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return c.create_experiment(name)
+    except MlflowException:  # another process created it meanwhile
+        return c.get_experiment_by_name(name).experiment_id
+
+
+def _param_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+class RunLogger:
+    """Logs to one run by id (no global active-run state, so a suite and threads stay simple)."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        self.client = client()
+        self._pending: list = []
+
+    @property
+    def params(self) -> dict[str, str]:
+        return self.client.get_run(self.run_id).data.params
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Log params not logged yet: `mlflow run` already logged its -P values, in its own spelling."""
+        present = self.params
+        fresh = [Param(k, _param_text(v)[:6000]) for k, v in params.items() if v is not None and k not in present]
+        for start in range(0, len(fresh), 100):
+            self.client.log_batch(self.run_id, params=fresh[start:start + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None, *, wait: bool = True) -> None:
+        now = _now_ms()
+        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()
+                 if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        if not batch:
+            return
+        if wait:
+            self.client.log_batch(self.run_id, metrics=batch)
+        else:  # per-epoch metrics: off the training loop's critical path
+            self._pending.append(self.client.log_batch(self.run_id, metrics=batch, synchronous=False))
+
+    def flush(self) -> None:
+        for operation in self._pending:
+            operation.wait()
+        self._pending.clear()
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_file(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_dir(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_figure(self, figure, artifact_file: str) -> None:
+        self.client.log_figure(self.run_id, figure, artifact_file)
+
+    def log_table(self, frame: pd.DataFrame, artifact_file: str) -> None:
+        self.log_text(frame.to_csv(index=False), artifact_file)
+
+    def log_dataset(self, frame: pd.DataFrame, *, name: str, source: str, context: str = "training") -> str:
+        """The split manifest as an MLflow dataset input (with its digest); returns the digest."""
+        dataset = mlflow.data.from_pandas(frame, source=source, name=name, targets="label")
+        entity = dataset._to_mlflow_entity()
+        self.client.log_inputs(self.run_id, datasets=[
+            DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)])])
+        return entity.digest
+
+    def download(self, artifact_path: str, dst: str | os.PathLike) -> Path:
+        try:
+            return Path(self.client.download_artifacts(self.run_id, artifact_path, str(dst)))
+        except (MlflowException, OSError) as e:
+            raise TrackingError(f"run {self.run_id}: no artifact {artifact_path!r}") from e
+
+    def log_model(self, weights: Path, card: Path, example_png: bytes) -> str:
+        """The pyfunc (models-from-code; weights as a state dict artifact); returns its model URI."""
+        import base64
+        with tempfile.TemporaryDirectory() as tmp:
+            code = Path(tmp) / "pneumo_ml"
+            shutil.copytree(PACKAGE_DIR, code, ignore=shutil.ignore_patterns("__pycache__", "samples", "*.pyc"))
+            info = Model.log(
+                artifact_path=None, name="model", flavor=mlflow.pyfunc, run_id=self.run_id,
+                python_model=str(PACKAGE_DIR / "pyfunc_model.py"),
+                artifacts={"weights": str(weights), "model_card": str(card)},
+                code_paths=[str(code)],
+                pip_requirements=serving_requirements(),
+                signature=serving_signature(),
+                input_example=pd.DataFrame({"image": [base64.b64encode(example_png).decode("ascii")]}),
+            )
+        return info.model_uri
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.flush()
+        self.client.set_terminated(self.run_id, status)
+
+
+def serving_signature() -> ModelSignature:
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "image")]),
+        outputs=Schema([ColSpec("string", "label"), ColSpec("double", "probability"),
+                        ColSpec("double", "confidence"), ColSpec("double", "threshold"),
+                        ColSpec("string", "model"), ColSpec("string", "gradcam_png", required=False)]),
+        params=ParamSchema([ParamSpec("threshold", "double", None), ParamSpec("gradcam", "boolean", False)]),
+    )
+
+
+def serving_requirements() -> list[str]:
+    pins = []
+    for name in SERVING_REQUIREMENTS:
+        try:
+            pins.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            pins.append(name)
+    return pins
+
+
+def _now_ms() -> int:
+    import time
+    return int(time.time() * 1000)
+
+
+@contextlib.contextmanager
+def start_run(run_name: str, *, parent_run_id: str | None = None, resume_run_id: str | None = None,
+              tags: dict[str, str] | None = None, experiment: str = EXPERIMENT) -> Iterator[RunLogger]:
+    """Open (or join, or resume) a run; close it FINISHED, KILLED (Ctrl-C, SIGTERM) or FAILED.
+
+    Joins the run `mlflow run` opened (MLFLOW_RUN_ID) when there is no parent; `resume_run_id` reopens a
+    killed run. SIGTERM is turned into KeyboardInterrupt while the run is open.
+    """
+    c = client()
+    env_run = os.environ.pop("MLFLOW_RUN_ID", None) if parent_run_id is None else None
+    run_id = resume_run_id or env_run
+    if run_id:
+        try:
+            c.update_run(run_id, status="RUNNING")
+        except MlflowException as e:
+            raise TrackingError(f"cannot open run {run_id}: {str(e).splitlines()[0]}") from e
+        if tags:
+            RunLogger(run_id).set_tags(tags)
+    else:
+        all_tags = {MLFLOW_RUN_NAME: run_name, **(tags or {})}
+        if parent_run_id:
+            all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+        run_id = c.create_run(experiment_id(experiment), tags=all_tags, run_name=run_name).info.run_id
+    logger = RunLogger(run_id)
+    previous = _raise_on_sigterm()
+    try:
+        yield logger
+    except KeyboardInterrupt:
+        logger.end("KILLED")
+        raise
+    except BaseException:
+        logger.end("FAILED")
+        raise
+    else:
+        logger.end("FINISHED")
+    finally:
+        _restore_sigterm(previous)
+
+
+def _raise_on_sigterm():
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise Interrupted(f"signal {signum}")
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _restore_sigterm(previous) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def get_run(run_id: str):
+    try:
+        return client().get_run(run_id)
+    except MlflowException as e:
+        raise TrackingError(f"no run {run_id!r} in {mlflow.get_tracking_uri()}") from e
+
+
+def child_runs(parent_run_id: str) -> list:
+    run = get_run(parent_run_id)
+    return client().search_runs([run.info.experiment_id],
+                                filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'",
+                                max_results=1000)
+
+
+# --- registry -------------------------------------------------------------------------------------------
+
+def register(model_uri: str, *, name: str = MODEL_NAME, tags: dict[str, Any] | None = None):
+    """A new version of `name` from a logged model, tagged (experiment, run, validation and test figures)."""
+    version = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in (tags or {}).items()})
+    return version
+
+
+def model_versions(name: str = MODEL_NAME) -> list:
+    try:
+        return client().search_model_versions(f"name = '{name}'", max_results=10_000)
+    except MlflowException as e:
+        raise TrackingError(f"cannot list versions of {name!r}: {str(e).splitlines()[0]}") from e
+
+
+def alias_version(name: str, alias: str) -> str | None:
+    try:
+        return client().get_model_version_by_alias(name, alias).version
+    except MlflowException:
+        return None
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    client().set_registered_model_alias(name, alias, str(version))
+
+
+def delete_alias(name: str, alias: str) -> None:
+    with contextlib.suppress(MlflowException):
+        client().delete_registered_model_alias(name, alias)
+
+
+def set_version_tags(name: str, version: str, tags: dict[str, Any]) -> None:
+    c = client()
+    for key, value in tags.items():
+        c.set_model_version_tag(name, str(version), key, str(value))
+
+
+def model_aliases(name: str = MODEL_NAME) -> dict[str, str]:
+    try:
+        return dict(client().get_registered_model(name).aliases)
+    except MlflowException:
+        return {}
+
+
+# --- loading models back --------------------------------------------------------------------------------
+
+def describe_model_uri(uri: str) -> str:
+    """A human name for what a URI points at: 'pneumonia-classifier v3 (@champion)', or the run."""
+    if uri.startswith("models:/"):
+        ref = uri[len("models:/"):]
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            version = alias_version(name, alias)
+            return f"{name} v{version} (@{alias})" if version else ref
+        if "/" in ref:
+            name, version = ref.split("/", 1)
+            return f"{name} v{version}"
+        return ref
+    return uri
+
+
+def load_predictor(uri: str, device: str = "cpu"):
+    """The Predictor inside a logged pyfunc (any models:/ or runs:/ URI, or a local model folder)."""
+    try:
+        model = mlflow.pyfunc.load_model(uri, model_config={"device": device})
+    except (MlflowException, OSError) as e:
+        raise TrackingError(f"cannot load model {uri!r}: {str(e).splitlines()[0]}") from e
+    predictor = model.unwrap_python_model().predictor
+    predictor.card.name = describe_model_uri(uri) or predictor.card.name
+    return predictor
+
+
+def tracking_uri() -> str:
+    return mlflow.get_tracking_uri()
+

@@ -1,0 +1,343 @@
+"""One experiment end to end: data -> model -> epochs -> evaluation -> plots, Grad-CAM -> MLflow run and model.
+
+The training itself is `engine` (no MLflow); everything logged goes through `tracking`.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import logging
+import math
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from . import engine, metrics, plots, tracking
+from .cache import DecodedCache, shared_cache
+from .config import Config
+from .data import DataError, SplitTable, load_split
+from .devices import resolve_device
+from .loaders import BatchLoader
+from .models import create_model, normalization, unwrap
+from .predictor import ModelCard
+from .transforms import BatchTransform
+
+log = logging.getLogger(__name__)
+FINAL_CI = metrics.CI_METRICS
+
+
+@dataclass
+class PreparedData:
+    """The split and its decoded uint8 images, shared by every experiment of a suite."""
+
+    split: SplitTable
+    images: dict[str, np.ndarray]
+    targets: dict[str, np.ndarray]
+    skipped: pd.DataFrame
+    seconds: float = 0.0
+
+
+@dataclass
+class ExperimentResult:
+    run_id: str
+    name: str
+    config: Config
+    metrics: dict[str, float] = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    threshold: float = 0.5
+    val: dict = field(default_factory=dict)   # targets, probs
+    test: dict = field(default_factory=dict)  # targets, probs
+    model_uri: str | None = None
+    version: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def prepare_data(config: Config, cache: DecodedCache | None = None, progress: bool = True) -> PreparedData:
+    """Split the source by the protocol and decode every image once (unreadable files: error, or skipped)."""
+    start = time.perf_counter()
+    split = load_split(config.data, n_train=config.n_train, n_val=config.n_val, n_test=config.n_test,
+                       seed=0, synthetic_difficulty=config.synthetic_difficulty)
+    cache = cache or shared_cache(config.cache_dir)
+    images, targets, skipped = {}, {}, []
+    frame = split.frame
+    for name in ("train", "val", "test"):
+        part = split.part(name)
+        array, failures = cache.load(part["path"].tolist(), config.image_size, workers=config.workers,
+                                     progress=progress, desc=f"decode {name}")
+        bad = [f.index for f in failures]
+        skipped += [{"split": name, "path": f.path, "reason": f.reason} for f in failures]
+        keep = np.setdiff1d(np.arange(len(part)), bad)
+        images[name], targets[name] = array[keep], part["target"].to_numpy()[keep]
+    skipped_frame = pd.DataFrame(skipped, columns=["split", "path", "reason"])
+    if len(skipped_frame) and not config.skip_bad:
+        listing = "\n".join(f"  {row.path}: {row.reason}" for row in skipped_frame.itertuples())
+        raise DataError(f"{len(skipped_frame)} unreadable image(s); fix or remove them, or pass --skip-bad:\n"
+                        f"{listing}")
+    if len(skipped_frame):
+        frame = frame[~frame["path"].isin(set(skipped_frame["path"]))].reset_index(drop=True)
+        split = SplitTable(frame, split.source, split.warnings)
+        for name in ("train", "val", "test"):
+            if len(np.unique(targets[name])) < 2:
+                raise DataError(f"{name}: after skipping unreadable files one class is left; cannot evaluate")
+    return PreparedData(split, images, targets, skipped_frame, time.perf_counter() - start)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def run_experiment(config: Config, *, data: PreparedData | None = None, parent_run_id: str | None = None,
+                   resume_run_id: str | None = None, progress: bool = True) -> ExperimentResult:
+    """Train and evaluate one configuration as one MLflow run; registers a model version if asked."""
+    device = resolve_device(config.device)
+    seed_everything(config.seed, config.deterministic)
+    data = data or prepare_data(config, progress=progress)
+    model = create_model(config.model, config.pretrained, config.weights, image_size=config.image_size)
+    weights_source = model.weights_source
+    mean, std = normalization(model)
+    cuda = device.type == "cuda"
+    model = model.to(device)
+    if cuda and config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    trainable = torch.compile(model) if config.compile else model
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    counts = np.bincount(data.targets["train"], minlength=2).tolist()
+    loss_fn = engine.make_loss(config.loss, counts, config.focal_gamma).to(device)
+    channels_last = cuda and config.channels_last
+    train_tf = BatchTransform(mean, std, augment=config.aug, channels_last=channels_last)
+    eval_tf = BatchTransform(mean, std, channels_last=channels_last)
+    loaders = {name: BatchLoader(data.images[name], data.targets[name], config.batch_size,
+                                 shuffle=name == "train", seed=config.seed, device=device)
+               for name in ("train", "val", "test")}
+    result = ExperimentResult("", config.name, config)
+    with tracking.start_run(config.name, parent_run_id=parent_run_id, resume_run_id=resume_run_id,
+                            tags={"pneumo_ml.model": config.model}) as run:
+        result.run_id = run.run_id
+        state = _resume_state(run, model, optimizer) if resume_run_id else None
+        if state is None:
+            _log_setup(run, config, data, weights_source, device)
+        last_checkpoint: dict = {}
+
+        def on_epoch_end(fit_state: engine.FitState, row: dict) -> None:
+            run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"], wait=False)
+            last_checkpoint["state"] = _snapshot(engine.checkpoint(model, optimizer, fit_state))
+
+        start = time.perf_counter()
+        try:
+            state = engine.fit(trainable, loaders["train"], loaders["val"], optimizer, loss_fn, train_tf, eval_tf,
+                               epochs=config.epochs, seed=config.seed, monitor=config.monitor,
+                               patience=config.patience, amp=config.amp, progress=progress, state=state,
+                               on_epoch_end=on_epoch_end)
+        except KeyboardInterrupt:
+            if "state" in last_checkpoint:
+                _log_checkpoint(run, last_checkpoint["state"])
+            raise
+        result.timings["train_s"] = time.perf_counter() - start
+        result.history, result.best_epoch = state.history, state.best_epoch
+        _evaluate_and_log(run, result, model, loaders, eval_tf, config, data, weights_source, mean, std)
+    return result
+
+
+def _log_setup(run: tracking.RunLogger, config: Config, data: PreparedData, weights_source: str,
+               device: torch.device) -> None:
+    run.log_params({**config.to_dict(), "weights_source": weights_source, "device_type": device.type,
+                    "world_size": 1, **{f"split_{k}": len(v) for k, v in data.targets.items()}})
+    run.log_text(config.to_yaml(), "config.yaml")
+    run.log_table(data.split.frame, "data/split.csv")
+    digest = run.log_dataset(data.split.frame, name=f"split-{Path(str(config.data)).name}", source=str(config.data))
+    run.set_tags({"pneumo_ml.data_digest": digest, "pneumo_ml.weights_source": weights_source})
+    if data.split.warnings:
+        run.log_text("\n".join(data.split.warnings), "data/warnings.txt")
+    if len(data.skipped):
+        run.log_table(data.skipped, "data/skipped.csv")
+    run.log_metrics({"n_skipped": float(len(data.skipped)), "data_seconds": data.seconds})
+
+
+def _snapshot(checkpoint: dict) -> dict:
+    """A CPU deep copy: the live tensors keep changing during the next epoch."""
+    def to_cpu(value):
+        if isinstance(value, torch.Tensor):
+            return value.detach().to("cpu", copy=True)
+        if isinstance(value, dict):
+            return {k: to_cpu(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [to_cpu(v) for v in value]
+        return copy.deepcopy(value)
+    return to_cpu(checkpoint)
+
+
+def _log_checkpoint(run: tracking.RunLogger, checkpoint: dict) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "last.pt"
+        torch.save(checkpoint, path)
+        run.log_file(path, "checkpoints")
+    log.warning("interrupted: epoch %d checkpoint logged; continue with `pneumo-ml train --resume %s`",
+                checkpoint["epoch"], run.run_id)
+
+
+def _resume_state(run: tracking.RunLogger, model, optimizer) -> engine.FitState:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = run.download("checkpoints/last.pt", tmp)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    state = engine.restore(model, optimizer, saved)
+    log.info("resuming run %s after epoch %d", run.run_id, state.epoch)
+    return state
+
+
+def _evaluate_and_log(run, result: ExperimentResult, model, loaders, eval_tf, config: Config, data: PreparedData,
+                      weights_source: str, mean, std) -> None:
+    start = time.perf_counter()
+    val = engine.evaluate(model, loaders["val"], None, eval_tf, amp=config.amp)
+    test = engine.evaluate(model, loaders["test"], None, eval_tf, amp=config.amp)
+    threshold = metrics.youden_threshold(val["targets"], val["probs"])
+    result.val, result.test, result.threshold = val, test, threshold
+    final = {"best_epoch": float(result.best_epoch), "val_threshold": threshold}
+    for prefix, part in (("best_val", val), ("test", test)):
+        final.update({f"{prefix}_{k}": v for k, v in metrics.binary_metrics(part["targets"], part["probs"]).items()
+                      if k not in ("tn", "fp", "fn", "tp") or prefix == "test"})
+    tuned = metrics.binary_metrics(test["targets"], test["probs"], threshold)
+    final.update({f"test_tuned_{k}": tuned[k] for k in ("accuracy", "sensitivity", "specificity", "precision", "f1")})
+    for prefix, t in (("test", 0.5), ("test_tuned", threshold)):
+        intervals = metrics.bootstrap_ci(test["targets"], test["probs"], t, n_boot=config.bootstrap, seed=config.seed)
+        for name, (low, high) in intervals.items():
+            if prefix == "test_tuned" and name == "auc":
+                continue
+            final[f"{prefix}_{name}_ci_low"], final[f"{prefix}_{name}_ci_high"] = low, high
+    result.timings["evaluate_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    _log_plots(run, result, config)
+    result.timings["plots_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    final.update(_log_gradcam(run, model, eval_tf, config, data, test, threshold))
+    result.timings["gradcam_s"] = time.perf_counter() - start
+    result.metrics = final
+    run.log_metrics(final)
+    frame = data.split.part("test").copy()
+    if len(frame) == len(test["probs"]):
+        frame = frame.assign(probability=test["probs"], predicted_at_0_5=np.where(test["probs"] >= 0.5, "PNEUMONIA", "NORMAL"),
+                             predicted_at_val_threshold=np.where(test["probs"] >= threshold, "PNEUMONIA", "NORMAL"))
+    run.log_table(frame, "predictions/test_predictions.csv")
+    start = time.perf_counter()
+    _log_and_register_model(run, result, model, config, weights_source, mean, std, data)
+    result.timings["model_logging_s"] = time.perf_counter() - start
+
+
+def _log_plots(run, result: ExperimentResult, config: Config) -> None:
+    val, test, t = result.val, result.test, result.threshold
+    figures = {
+        "plots/confusion_matrix.png": plots.confusion_matrices(
+            test["targets"], test["probs"], {"threshold 0.5": 0.5, "validation threshold": t}, config.name),
+        "plots/roc_curve.png": plots.roc_curve({
+            "validation": (val["targets"], val["probs"], metrics.roc_auc(val["targets"], val["probs"])),
+            "test": (test["targets"], test["probs"], metrics.roc_auc(test["targets"], test["probs"]))},
+            f"{config.name} ROC"),
+        "plots/pr_curve.png": plots.pr_curve({
+            "test": (test["targets"], test["probs"], metrics.pr_auc(test["targets"], test["probs"]))},
+            f"{config.name} precision–recall"),
+        "plots/calibration.png": plots.calibration(test["targets"], test["probs"]),
+        "plots/training_curves.png": plots.training_curves(result.history, result.best_epoch, config.name),
+    }
+    for name, figure in figures.items():
+        run.log_figure(figure, name)
+
+
+def _log_gradcam(run, model, eval_tf, config: Config, data: PreparedData, test: dict, threshold: float) -> dict:
+    """The Grad-CAM grid and overlays; on data with lesion masks, the localisation scores."""
+    if config.gradcam_images <= 0:
+        return {}
+    from . import explain
+
+    images = data.images["test"]
+    picks = explain.pick_examples(test["targets"], test["probs"], threshold,
+                                  per_kind=max(1, config.gradcam_images // 4))
+    index = [i for i, _ in picks]
+    maps = explain.gradcam(unwrap(model), config.model, images[index], eval_tf, target=1)
+    titles = [f"{kind}  true {plots.CLASS_NAMES[test['targets'][i]]}\n"
+              f"pred {plots.CLASS_NAMES[int(test['probs'][i] >= threshold)]}  p={test['probs'][i]:.2f}"
+              for i, kind in picks]
+    run.log_figure(explain.gradcam_grid(images[index], maps, titles), "plots/gradcam.png")
+    with tempfile.TemporaryDirectory() as tmp:
+        part = data.split.part("test")
+        for (i, kind), heat in zip(picks, maps):
+            stem = Path(part["path"].iloc[i]).stem if len(part) == len(images) else str(i)
+            explain.save_overlay(Path(tmp) / f"{kind}_{stem}.png", images[i], heat,
+                                 title=f"{kind} p={test['probs'][i]:.2f}")
+        run.log_dir(tmp, "gradcam")
+    return _localisation(model, eval_tf, config, data, test)
+
+
+def _localisation(model, eval_tf, config: Config, data: PreparedData, test: dict) -> dict:
+    from . import explain
+    from .preprocess import resize_xray
+    from .io import read_xray
+
+    part = data.split.part("test")
+    if "mask" not in part or len(part) != len(test["targets"]):
+        return {}
+    rows = [i for i in range(len(part)) if test["targets"][i] == 1 and isinstance(part["mask"].iloc[i], str)]
+    if not rows:
+        return {}
+    masks = np.stack([resize_xray(read_xray(part["mask"].iloc[i]), config.image_size) for i in rows])
+    maps = explain.gradcam(unwrap(model), config.model, data.images["test"][rows], eval_tf, target=1)
+    return explain.localisation_scores(maps, masks)
+
+
+def _log_and_register_model(run, result: ExperimentResult, model, config: Config, weights_source: str, mean, std,
+                            data: PreparedData) -> None:
+    card = ModelCard(architecture=config.model, image_size=config.image_size, mean=tuple(mean), std=tuple(std),
+                     threshold=result.threshold, threshold_source="validation set, Youden's J",
+                     name=f"{config.name} (run {run.run_id[:8]})", run_id=run.run_id, weights_source=weights_source)
+    with tempfile.TemporaryDirectory() as tmp:
+        weights, card_path = Path(tmp) / "weights.pt", Path(tmp) / "model_card.json"
+        torch.save({k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}, weights)
+        card.save(card_path)
+        example = io.BytesIO()
+        Image.fromarray(data.images["test"][0]).save(example, format="PNG")
+        result.model_uri = run.log_model(weights, card_path, example.getvalue())
+    if config.register:
+        m = result.metrics
+        tags = {"experiment": config.name, "architecture": config.model, "run_id": run.run_id,
+                "weights_source": weights_source, "val_threshold": f"{result.threshold:.4f}"}
+        for key in ("auc", "loss", "accuracy"):
+            value = m.get(f"best_val_{key}", math.nan)
+            if key == "loss":
+                value = next((r["val_loss"] for r in result.history if r["epoch"] == result.best_epoch), math.nan)
+            tags[f"val_{key}"] = f"{value:.6f}"
+        for key in ("test_auc", "test_accuracy", "test_tuned_accuracy", "test_sensitivity", "test_specificity"):
+            tags[key] = f"{m.get(key, math.nan):.6f}"
+        version = tracking.register(result.model_uri, name=config.registered_model_name, tags=tags)
+        result.version = str(version.version)
+        run.set_tags({"pneumo_ml.registered_version": result.version})
+
+
+def summary_table(result: ExperimentResult) -> str:
+    """The end-of-run table a terminal user reads."""
+    m = result.metrics
+    lines = [f"{result.name}: run {result.run_id}" + (f", registered version {result.version}" if result.version else ""),
+             f"  best epoch {result.best_epoch} of {len(result.history)}, validation threshold {result.threshold:.3f}",
+             f"  {'metric':<12}{'at 0.5':>22}{'at val threshold':>24}"]
+    for name in ("accuracy", "sensitivity", "specificity", "f1"):
+        at_half = f"{m.get(f'test_{name}', math.nan):.3f} [{m.get(f'test_{name}_ci_low', math.nan):.2f}, {m.get(f'test_{name}_ci_high', math.nan):.2f}]"
+        tuned = f"{m.get(f'test_tuned_{name}', math.nan):.3f} [{m.get(f'test_tuned_{name}_ci_low', math.nan):.2f}, {m.get(f'test_tuned_{name}_ci_high', math.nan):.2f}]"
+        lines.append(f"  {name:<12}{at_half:>22}{tuned:>24}")
+    lines.append(f"  {'AUC':<12}{m.get('test_auc', math.nan):>9.3f} [{m.get('test_auc_ci_low', math.nan):.2f}, {m.get('test_auc_ci_high', math.nan):.2f}]")
+    if "cam_pointing_game" in m:
+        lines.append(f"  Grad-CAM pointing game {m['cam_pointing_game']:.2f} (uniform map {m['cam_pointing_game_uniform']:.2f}), "
+                     f"energy in lesion {m['cam_energy_in_mask']:.2f} (uniform {m['cam_energy_in_mask_uniform']:.2f})")
+    lines.append("  test figures on the test split (95 % bootstrap intervals); research use, not for diagnosis")
+    return "\n".join(lines)

@@ -1,0 +1,64 @@
+"""Tests shrink the real configuration (tiny images, a few dozen synthetic radiographs, 1-2 epochs, CPU)
+and use a real SQLite tracking store in a temporary folder; nothing is mocked and nothing is downloaded."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # never reach for the hub in tests
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+SAMPLES = Path(__file__).resolve().parent.parent / "pneumo_ml" / "samples"
+TINY = dict(epochs=1, batch_size=8, image_size=32, n_train=16, n_val=8, n_test=12, bootstrap=100,
+            gradcam_images=4, device="cpu", workers=1)
+
+
+@pytest.fixture(scope="session")
+def session_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("session")
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, session_dir, monkeypatch):
+    """Each test: its own working folder and SQLite tracking store; one shared data cache per session."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PNEUMO_ML_CACHE", str(session_dir / "cache"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    yield
+
+
+@pytest.fixture
+def tiny_config():
+    """The real config, shrunk: small_cnn at 32 px on 36 synthetic radiographs for one epoch."""
+    from pneumo_ml import config
+    def make(**overrides):
+        return config.load(config.experiment_path("small_cnn"), **{**TINY, **overrides})
+    return make
+
+
+@pytest.fixture(scope="session")
+def trained_model(session_dir, tmp_path_factory):
+    """One small_cnn run logged and registered in a session-wide SQLite store: (tracking URI, result)."""
+    from pneumo_ml import config
+    from pneumo_ml.train import run_experiment
+    store = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    old = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "PNEUMO_ML_CACHE")}
+    os.environ["MLFLOW_TRACKING_URI"], os.environ["PNEUMO_ML_CACHE"] = uri, str(session_dir / "cache")
+    cwd = os.getcwd()
+    os.chdir(store)
+    try:
+        cfg = config.load(config.experiment_path("small_cnn"), **{**TINY, "epochs": 2, "image_size": 48})
+        result = run_experiment(cfg, progress=False)
+    finally:
+        os.chdir(cwd)
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return uri, result

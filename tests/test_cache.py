@@ -1,0 +1,55 @@
+import shutil
+
+import numpy as np
+
+from conftest import SAMPLES
+from pneumo_ml.cache import DecodedCache
+from pneumo_ml.preprocess import decode_resized
+
+FILES = sorted(str(p) for p in SAMPLES.rglob("*.jpeg"))
+
+
+def test_second_use_hits_memory_and_decodes_nothing():
+    cache = DecodedCache()
+    first, failures = cache.load(FILES, 64, workers=1, progress=False)
+    assert not failures and first.shape == (len(FILES), 64, 64) and first.dtype == np.uint8
+    assert cache.stats.decoded == len(FILES)
+    second, _ = cache.load(FILES, 64, workers=1, progress=False)
+    assert cache.stats.decoded == len(FILES) and cache.stats.memory_hits == len(FILES)
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_array_equal(first[0], decode_resized(FILES[0], 64))
+
+
+def test_keyed_by_content_and_size_not_by_path(tmp_path):
+    copy = tmp_path / "renamed.jpeg"
+    shutil.copy(FILES[0], copy)
+    cache = DecodedCache()
+    cache.load(FILES[:1], 32, workers=1, progress=False)
+    cache.load([str(copy)], 32, workers=1, progress=False)
+    assert cache.stats.memory_hits == 1
+    cache.load([str(copy)], 48, workers=1, progress=False)
+    assert cache.stats.decoded == 2
+
+
+def test_disk_cache_serves_a_new_process_worth_of_cache(tmp_path):
+    DecodedCache(tmp_path / "c").load(FILES, 32, workers=1, progress=False)
+    fresh = DecodedCache(tmp_path / "c")
+    fresh.load(FILES, 32, workers=1, progress=False)
+    assert fresh.stats.disk_hits == len(FILES) and fresh.stats.decoded == 0
+
+
+def test_parallel_decoding_equals_serial_and_reports_bad_files(tmp_path):
+    bad = tmp_path / "broken.jpeg"
+    bad.write_bytes(open(FILES[0], "rb").read()[:2000])
+    paths = FILES * 3 + [str(bad)]
+    serial, serial_fail = DecodedCache().load(paths, 32, workers=1, progress=False)
+    parallel, parallel_fail = DecodedCache().load(paths, 32, workers=2, progress=False)
+    np.testing.assert_array_equal(serial, parallel)
+    assert [f.index for f in parallel_fail] == [len(paths) - 1] and "broken.jpeg" in parallel_fail[0].reason
+    assert serial_fail == parallel_fail
+
+
+def test_memory_is_bounded():
+    cache = DecodedCache(max_bytes=3 * 32 * 32)
+    cache.load(FILES, 32, workers=1, progress=False)
+    assert cache._bytes <= 3 * 32 * 32 and len(cache._memory) == 3
