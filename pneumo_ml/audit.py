@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pydicom
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from .data import CLASSES, SPLITS, scan_folder
@@ -23,6 +25,7 @@ from .io import ImageReadError, read_xray
 
 SHORTCUT_WARN_AUC = 0.75
 FEATURES = ("width", "height", "aspect_ratio", "file_size", "mean_intensity")
+_PIL_FORMATS = ("JPEG", "PNG", "BMP", "TIFF")  # read_xray's formats besides DICOM
 MAX_LISTED = 20  # within-split duplicate groups printed; a note, so the rest go to --json only
 _HASH_CHUNK = 1 << 20
 
@@ -86,7 +89,7 @@ def audit_folder(root: Path, *, progress: bool = True) -> AuditReport:
     return AuditReport(
         root=str(root),
         counts=counts,
-        leaking_patients=_leaking_patients(files) if has_splits else {},
+        leaking_patients=_leaking_patients(files),
         cross_split_duplicates=cross,
         within_split_duplicates=within,
         stats=_stats(readable),
@@ -110,7 +113,10 @@ def _inspect(path: str, rel: str) -> dict:
         row["sha1"] = digest.hexdigest()
         row["file_size"] = os.stat(path).st_size
         row["mean_intensity"] = float(read_xray(path, name=rel, draft_size=64).mean())
-        row["width"], row["height"], row["mode"] = _header(path)
+        try:
+            row["width"], row["height"], row["mode"] = _header(path)
+        except Exception as e:  # decoders raise many types; read_xray accepted the file, so this is rare
+            raise ImageReadError(f"{rel}: unreadable header ({type(e).__name__}: {e})") from e
     except ImageReadError as e:
         row["error"] = str(e).removeprefix(f"{rel}: ")
     except OSError as e:
@@ -120,14 +126,11 @@ def _inspect(path: str, rel: str) -> dict:
 
 def _header(path: str) -> tuple[int, int, str]:
     """Width, height and mode without decoding pixels (called only once read_xray accepted the file)."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
-        with Image.open(path) as img:
+        # not every Pillow format: magic-less ones (e.g. TGA) could claim a DICOM preamble
+        with Image.open(path, formats=_PIL_FORMATS) as img:
             return img.size[0], img.size[1], img.mode
     except UnidentifiedImageError:
-        import pydicom
-
         ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
         return int(ds.Columns), int(ds.Rows), "DICOM"
 
@@ -256,7 +259,7 @@ def format_report(report: AuditReport) -> str:
 
     lines += ["", "Metadata shortcut"]
     if report.shortcut_auc is None:
-        lines.append("  too few readable images (need 2 per class) to cross-validate a metadata classifier")
+        lines.append("  too few readable images (need 2 patients per class) to cross-validate a metadata classifier")
     else:
         lines.append(f"  cross-validated AUC from metadata alone ({', '.join(FEATURES)}): {report.shortcut_auc:.2f}")
         single = report.feature_aucs[report.shortcut_feature]

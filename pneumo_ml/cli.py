@@ -9,7 +9,9 @@ from pathlib import Path
 
 import click
 
-from .config import ConfigError, parse_bool
+from .config import parse_bool
+from .errors import ConfigError, UserError
+from .io import ImageReadError
 
 NOTICE = "research use, not for diagnosis"
 
@@ -53,15 +55,6 @@ def _flag(value, negated: bool):
     return False if negated else value
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    from .data import DataError
-    from .devices import DeviceError
-    from .io import ImageReadError
-    from .models import WeightsError
-    from .tracking import TrackingError
-    return ConfigError, DataError, DeviceError, ImageReadError, WeightsError, TrackingError
-
-
 class Main(click.Group):
     """Every mistake a user can make ends in one line on stderr and exit status 1, never a traceback."""
 
@@ -71,11 +64,9 @@ class Main(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
-        except click.exceptions.Exit:
+        except (SystemExit, click.exceptions.Exit, click.ClickException):
             raise
-        except click.ClickException:
-            raise
-        except user_errors() as e:
+        except (UserError, ImageReadError) as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(1)
         except Exception as e:  # noqa: BLE001 - last resort: name it in one line, keep the traceback for -v
@@ -166,6 +157,86 @@ def _config_of_run(run_id: str, options: dict):
         path = RunLogger(run_id).download("config.yaml", tmp)
         changed = {k: v for k, v in options.items() if v is not None and k in ("device", "epochs")}
         return config_mod.load(path, **changed)
+
+
+# --- suite and registry ---------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--config", "config_path", type=Optional_(click.Path(dir_okay=False)),
+              help="Suite YAML [experiments/suite.yaml].")
+@bool_option("quick", "Shrink sizes (the suite YAML's quick: block) for a smoke run.")
+@click.option("--resume", "resume_run_id", type=Optional_(click.STRING),
+              help="Continue an interrupted suite by its parent run id (finished children are kept).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def suite(config_path, quick, no_quick, resume_run_id, quiet):
+    """The seed's four experiments as child runs of one parent run, compared, registered, champion promoted."""
+    from . import config as config_mod
+    from .suite import load_suite, run_suite, summary
+    path = config_path or config_mod.experiment_path("suite")
+    result = run_suite(load_suite(path), quick=bool(_flag(quick, no_quick)), progress=not quiet,
+                       resume_run_id=resume_run_id)
+    click.echo(summary(result))
+    sys.exit(0 if any(o.status == "FINISHED" for o in result.outcomes) else 1)
+
+
+@main.command()
+@click.option("--model-name", default="pneumonia-classifier", show_default=True)
+@click.option("--metric", default="val_auc", show_default=True, help="val_auc, val_accuracy or val_loss.")
+@click.option("--alias", default="champion", show_default=True)
+@click.option("--margin", default=0.0, show_default=True, type=float,
+              help="Promote only when the winner beats the current alias holder by this much.")
+@click.option("--challenger", default="challenger", show_default=True, help="Alias for the runner-up ('' for none).")
+def promote(model_name, metric, alias, margin, challenger):
+    """Point @champion at the registered version with the best validation metric."""
+    from .tracking import promote as promote_versions
+    decision = promote_versions(model_name, metric=metric, alias=alias, margin=margin, challenger=challenger or None)
+    click.echo(decision.reason)
+    if decision.winner is not None:
+        click.echo(f"@{alias} -> v{decision.winner.version if decision.promote else decision.champion_before}")
+
+
+# --- inference ------------------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--model-uri", required=True, help="models:/pneumonia-classifier@champion, runs:/<id>/model, ...")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--out", type=click.Path(dir_okay=False), help="Write the predictions as CSV here.")
+@click.option("--threshold", type=click.FloatRange(0, 1), help="Override the model's validation threshold.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def predict(model_uri, paths, out, threshold, batch_size, device, quiet):
+    """Predict image files and folders (recursively); unreadable files are listed with their reason."""
+    from .batch import predict_files
+    frame = predict_files(model_uri, paths, threshold=threshold, batch_size=batch_size, device=device,
+                          progress=not quiet)
+    failed = frame[frame["error"] != ""]
+    if out:
+        frame.to_csv(out, index=False)
+    else:
+        click.echo(frame.drop(columns=["error"] if failed.empty else []).to_string(index=False))
+    click.echo(f"{len(frame) - len(failed)} predicted, {len(failed)} failed"
+               + (f" (listed in {out})" if out and len(failed) else "") + f"; {NOTICE}", err=True)
+    for row in failed.itertuples():
+        click.echo(f"FAIL {row.error}", err=True)
+    sys.exit(1 if len(failed) else 0)
+
+
+@main.command()
+@click.option("--model-uri", required=True)
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the PNG overlays.")
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+def explain(model_uri, paths, out, device):
+    """Grad-CAM overlays (PNG, one per image) for any image the reader accepts."""
+    from .batch import explain_files
+    written, failures = explain_files(model_uri, paths, Path(out), device=device)
+    for path in written:
+        click.echo(f"OK   {path}")
+    for message in failures:
+        click.echo(f"FAIL {message}", err=True)
+    click.echo(f"{len(written)} overlays written to {out}, {len(failures)} failed; {NOTICE}", err=True)
+    sys.exit(1 if failures else 0)
 
 
 # --- data -----------------------------------------------------------------------------------------------

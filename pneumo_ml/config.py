@@ -10,15 +10,13 @@ from typing import Any
 
 import yaml
 
+from .errors import ConfigError
+
 MODEL_NAMES = ("small_cnn", "resnet50", "vit_tiny", "densenet121")
 LOSSES = ("ce", "weighted_ce", "focal")
 PRETRAINED = ("auto", "true", "false")
 DEVICES = ("auto", "cpu", "cuda")
 MONITORS = {"val_loss": "min", "val_auc": "max", "val_accuracy": "max"}
-
-
-class ConfigError(ValueError):
-    """A config value or key a user got wrong; the message says which and why."""
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .errors import DataError
+
 log = logging.getLogger(__name__)
 
 CLASSES = ("NORMAL", "PNEUMONIA")
@@ -23,16 +25,13 @@ IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".dcm", ".di
 SPLIT_COLUMNS = ["path", "label", "target", "patient_id", "split", "mask"]
 
 
-class DataError(ValueError):
-    """The data cannot make the protocol's splits; the message says what is wrong and where."""
-
-
 @dataclass
 class SplitTable:
     """The split used by a run (logged as data/split.csv), plus what sampling had to report."""
 
     frame: pd.DataFrame
-    source: str
+    source: str  # as the user named it ("synthetic", a folder, a manifest)
+    root: str = ""  # where the files are
     warnings: list[str] = field(default_factory=list)
 
     def part(self, split: str) -> pd.DataFrame:
@@ -68,12 +67,16 @@ def load_split(data: str, *, n_train: int, n_val: int, n_test: int, seed: int = 
         root = ensure_synthetic(n_train=n_train, n_val=n_val, n_test=n_test, seed=seed,
                                 difficulty=synthetic_difficulty)
         files = read_manifest(root / "manifest.csv")
+        location = str(root)
     else:
         path = Path(data).expanduser()
         if not path.exists():
             raise DataError(f"{data}: no such data folder or manifest (use --data synthetic for the embedded set)")
         files = read_manifest(path) if path.is_file() else scan_folder(path)
-    return sample_protocol(files, counts, seed=seed, source=str(data))
+        location = str(path.resolve())
+    table = sample_protocol(files, counts, seed=seed, source=str(data))
+    table.root = location
+    return table
 
 
 def ensure_synthetic(*, n_train: int, n_val: int, n_test: int, seed: int, difficulty: float | None) -> Path:
@@ -178,7 +181,7 @@ def sample_protocol(files: pd.DataFrame, counts: dict[str, int], *, seed: int, s
     frame = frame[SPLIT_COLUMNS]
     shared = frame.groupby("patient_id")["split"].nunique()
     assert (shared <= 1).all(), "a patient ended up in two splits"
-    return SplitTable(frame, source, notes)
+    return SplitTable(frame, source, warnings=notes)
 
 
 def _sample_split(pool: pd.DataFrame, n: int, rng: np.random.Generator, where: str) -> pd.DataFrame:

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import torch
 
-
-class DeviceError(RuntimeError):
-    """The device asked for is not there."""
+from .errors import DeviceError
 
 
 def resolve_device(requested: str = "auto") -> torch.device:

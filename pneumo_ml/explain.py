@@ -26,10 +26,8 @@ from torch import nn
 from .models import gradcam_layer, unwrap
 from .transforms import BatchTransform
 
-CLASS_NAMES = ("NORMAL", "PNEUMONIA")
 COLORBAR_LABEL = "Grad-CAM (P(pneumonia) evidence)"
 FOOTER = "research use, not for diagnosis"
-KINDS = ("TP", "FP", "FN", "TN")
 LESION_MIN, LUNG_MIN = 192, 64  # mask values: 0 outside the lungs, 128 lung field, 255 lesion
 
 
@@ -179,12 +177,12 @@ def gradcam_grid(images: Sequence, heatmaps: Sequence, titles: Sequence[str], *,
         raise ValueError("gradcam_grid needs as many (>= 1) images, heatmaps and titles")
     cols = max(1, min(columns, len(images)))
     rows = math.ceil(len(images) / cols)
-    fig = Figure(figsize=(2.9 * cols + 1.0, 3.1 * rows + 0.4), dpi=100, layout="constrained")
+    fig = Figure(figsize=(3.4 * cols + 1.0, 3.5 * rows + 0.4), dpi=100, layout="constrained")
     axes = []
     for i, (image, heat, title) in enumerate(zip(images, heatmaps, titles)):
         ax = fig.add_subplot(rows, cols, i + 1)
         ax.imshow(overlay(image, heat))
-        ax.set_title(title, fontsize=8, family="monospace")
+        ax.set_title(title, fontsize=8)
         ax.set_axis_off()
         axes.append(ax)
     fig.colorbar(_colour_scale(), ax=axes, label=COLORBAR_LABEL, shrink=0.8)

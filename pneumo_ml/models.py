@@ -14,12 +14,10 @@ import timm
 import torch
 from torch import nn
 
+from .errors import WeightsError
+
 log = logging.getLogger(__name__)
 NUM_CLASSES = 2
-
-
-class WeightsError(RuntimeError):
-    """Pretrained weights were asked for and cannot be had; the message names the ways out."""
 
 
 class SmallCNN(nn.Module):
@@ -47,7 +45,9 @@ class SmallCNN(nn.Module):
 class ModelSpec:
     build: Callable[[int], nn.Module]  # image_size -> randomly initialised model with a 2-class head
     timm_name: str | None  # where ImageNet weights come from; None: none exist
-    cam_layer: Callable[[nn.Module], nn.Module]  # Grad-CAM target: the last feature map (ViT: last block's tokens)
+    # Grad-CAM target: the last feature map. ViT: the last block, whose *input* tokens explain.gradcam uses --
+    # the class token is read after that block, so the block's own output patch tokens get no gradient.
+    cam_layer: Callable[[nn.Module], nn.Module]
     is_vit: bool = False
 
 

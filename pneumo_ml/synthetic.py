@@ -388,7 +388,7 @@ def _patchy(rng, geo, size, edge):
     else:
         picks = inside[rng.integers(len(inside), size=n)]
         centres = np.stack([u.flat[picks], v.flat[picks]])
-    radii = size * rng.uniform(0.018, 0.06, n)
+    radii = size * rng.uniform(0.025, 0.07, n)
     wobble = _noise_field(rng, 40, u.shape, 1.0)
     out = np.zeros(u.shape, _F)
     for (cu, cv), r in zip(centres.T, radii):
@@ -426,12 +426,15 @@ def _lesion(rng, geo, difficulty):
     """
     d = min(max(difficulty, 0.0), 1.0)
     pattern = PATTERNS[int(rng.integers(len(PATTERNS)))]
-    density = rng.uniform(0.75, 1.25) * _lerp(0.55, 0.06, d)
-    size = _lerp(1.25, 0.7, d)
+    density = rng.uniform(0.8, 1.2) * _lerp(0.8, 0.05, d)
+    size = _lerp(1.6, 0.7, d)
     edge = _lerp(0.004, 0.03, d)
     opacity = _PATTERN_SHAPES[pattern](rng, geo, size, edge)
-    mottle = _noise_field(rng, 60, opacity.shape, 1.0)
-    return density * opacity * geo["air"] * (0.85 + 0.15 * np.clip(mottle, -2, 2)), pattern
+    # alveolar filling is not uniform: acinar nodules, and air bronchograms through consolidation
+    nodules = np.clip(0.5 + 0.35 * _noise_field(rng, 70, opacity.shape, 0.8), 0, 1)
+    bronchi = np.exp(-((_noise_field(rng, 24, opacity.shape, 1.0) * (1 / 0.12)) ** 2))
+    texture = (0.55 + 0.45 * nodules) * (1 - (0.5 if pattern == "lobar" else 0.2) * bronchi)
+    return density * opacity * geo["air"] * texture, pattern
 
 
 # ---------------------------------------------------------------- public API

@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import tempfile
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
@@ -24,6 +25,8 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from .errors import TrackingError
+
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "pneumonia-detection"
@@ -31,10 +34,6 @@ MODEL_NAME = "pneumonia-classifier"
 PACKAGE_DIR = Path(__file__).resolve().parent
 SERVING_REQUIREMENTS = ("torch", "torchvision", "timm", "numpy", "pandas", "pillow", "pydicom", "scipy",
                         "captum", "matplotlib", "mlflow")
-
-
-class TrackingError(RuntimeError):
-    """A tracking or registry operation a user asked for cannot be done (bad run id, no such model...)."""
 
 
 class Interrupted(KeyboardInterrupt):
@@ -117,7 +116,11 @@ class RunLogger:
 
     def log_dataset(self, frame: pd.DataFrame, *, name: str, source: str, context: str = "training") -> str:
         """The split manifest as an MLflow dataset input (with its digest); returns the digest."""
-        dataset = mlflow.data.from_pandas(frame, source=source, name=name, targets="label")
+        from mlflow.data.artifact_dataset_sources import LocalArtifactDatasetSource
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # schema hints about int columns: not actionable here
+            dataset = mlflow.data.from_pandas(frame, source=LocalArtifactDatasetSource(source), name=name,
+                                              targets="label")
         entity = dataset._to_mlflow_entity()
         self.client.log_inputs(self.run_id, datasets=[
             DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)])])
@@ -130,19 +133,21 @@ class RunLogger:
             raise TrackingError(f"run {self.run_id}: no artifact {artifact_path!r}") from e
 
     def log_model(self, weights: Path, card: Path, example_png: bytes) -> str:
-        """The pyfunc (models-from-code; weights as a state dict artifact); returns its model URI."""
+        """The pyfunc (models-from-code; weights as a state dict artifact; the package's code alongside, so the
+        model runs as it was trained); returns its model URI."""
         import base64
-        with tempfile.TemporaryDirectory() as tmp:
+        example = pd.DataFrame({"image": [base64.b64encode(example_png).decode("ascii")]})
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+            # MLflow suggests type hints on predict(); the explicit signature is the contract.
+            warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
             code = Path(tmp) / "pneumo_ml"
             shutil.copytree(PACKAGE_DIR, code, ignore=shutil.ignore_patterns("__pycache__", "samples", "*.pyc"))
             info = Model.log(
                 artifact_path=None, name="model", flavor=mlflow.pyfunc, run_id=self.run_id,
                 python_model=str(PACKAGE_DIR / "pyfunc_model.py"),
                 artifacts={"weights": str(weights), "model_card": str(card)},
-                code_paths=[str(code)],
-                pip_requirements=serving_requirements(),
-                signature=serving_signature(),
-                input_example=pd.DataFrame({"image": [base64.b64encode(example_png).decode("ascii")]}),
+                code_paths=[str(code)], pip_requirements=serving_requirements(),
+                signature=serving_signature(), input_example=example,
             )
         return info.model_uri
 
@@ -237,6 +242,15 @@ def get_run(run_id: str):
         raise TrackingError(f"no run {run_id!r} in {mlflow.get_tracking_uri()}") from e
 
 
+def metric_history(run_id: str, names: list[str]) -> list[dict]:
+    """Per-epoch rows (epoch = step) of the named metrics, as the engine's history has them."""
+    rows: dict[int, dict] = {}
+    for name in names:
+        for m in client().get_metric_history(run_id, name):
+            rows.setdefault(m.step, {"epoch": m.step})[name] = m.value
+    return [rows[step] for step in sorted(rows)]
+
+
 def child_runs(parent_run_id: str) -> list:
     run = get_run(parent_run_id)
     return client().search_runs([run.info.experiment_id],
@@ -319,3 +333,46 @@ def load_predictor(uri: str, device: str = "cpu"):
 def tracking_uri() -> str:
     return mlflow.get_tracking_uri()
 
+
+
+def promote(name: str = MODEL_NAME, *, metric: str = "val_auc", alias: str = "champion", margin: float = 0.0,
+            challenger: str | None = "challenger"):
+    """Set `alias` on the validation winner if it beats the current holder by `margin`; `challenger` on the
+    runner-up; the decision and its reason go on the winner's version tags."""
+    import time
+
+    from .promotion import Candidate, check_metric, decide
+    check_metric(metric)
+    versions = model_versions(name)
+    if not versions:
+        raise TrackingError(f"no registered versions of {name!r} in {mlflow.get_tracking_uri()}")
+    candidates = [Candidate(str(v.version), v.tags.get("experiment", ""), v.run_id or "",
+                            _version_figure(v, metric), _version_figure(v, "val_loss")) for v in versions]
+    decision = decide(candidates, alias_version(name, alias), metric=metric, margin=margin)
+    if decision.promote and decision.winner:
+        set_alias(name, alias, decision.winner.version)
+    if challenger and decision.runner_up and decision.runner_up.version != alias_version(name, alias):
+        set_alias(name, challenger, decision.runner_up.version)
+    if decision.winner:
+        set_version_tags(name, decision.winner.version, {
+            "promotion.decision": f"{'promoted to' if decision.promote else 'remains'} @{alias}",
+            "promotion.reason": decision.reason,
+            "promotion.metric": metric,
+            "promotion.time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        })
+    return decision
+
+
+def _version_figure(version, metric: str) -> float:
+    """A validation figure from the version's tags, else from its run's final `best_` metric."""
+    if metric in version.tags:
+        try:
+            return float(version.tags[metric])
+        except ValueError:
+            return math.nan
+    if version.run_id:
+        with contextlib.suppress(MlflowException):
+            value = client().get_run(version.run_id).data.metrics.get(f"best_{metric}")
+            if value is not None:
+                return float(value)
+    return math.nan

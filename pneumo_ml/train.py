@@ -84,7 +84,7 @@ def prepare_data(config: Config, cache: DecodedCache | None = None, progress: bo
                         f"{listing}")
     if len(skipped_frame):
         frame = frame[~frame["path"].isin(set(skipped_frame["path"]))].reset_index(drop=True)
-        split = SplitTable(frame, split.source, split.warnings)
+        split = SplitTable(frame, split.source, split.root, split.warnings)
         for name in ("train", "val", "test"):
             if len(np.unique(targets[name])) < 2:
                 raise DataError(f"{name}: after skipping unreadable files one class is left; cannot evaluate")
@@ -159,7 +159,7 @@ def _log_setup(run: tracking.RunLogger, config: Config, data: PreparedData, weig
                     "world_size": 1, **{f"split_{k}": len(v) for k, v in data.targets.items()}})
     run.log_text(config.to_yaml(), "config.yaml")
     run.log_table(data.split.frame, "data/split.csv")
-    digest = run.log_dataset(data.split.frame, name=f"split-{Path(str(config.data)).name}", source=str(config.data))
+    digest = run.log_dataset(data.split.frame, name=f"split-{Path(str(config.data)).name}", source=data.split.root)
     run.set_tags({"pneumo_ml.data_digest": digest, "pneumo_ml.weights_source": weights_source})
     if data.split.warnings:
         run.log_text("\n".join(data.split.warnings), "data/warnings.txt")
@@ -227,14 +227,20 @@ def _evaluate_and_log(run, result: ExperimentResult, model, loaders, eval_tf, co
     result.timings["gradcam_s"] = time.perf_counter() - start
     result.metrics = final
     run.log_metrics(final)
-    frame = data.split.part("test").copy()
-    if len(frame) == len(test["probs"]):
-        frame = frame.assign(probability=test["probs"], predicted_at_0_5=np.where(test["probs"] >= 0.5, "PNEUMONIA", "NORMAL"),
-                             predicted_at_val_threshold=np.where(test["probs"] >= threshold, "PNEUMONIA", "NORMAL"))
-    run.log_table(frame, "predictions/test_predictions.csv")
+    for name, part in (("test", test), ("val", val)):
+        run.log_table(_predictions(data, name, part, threshold), f"predictions/{name}_predictions.csv")
     start = time.perf_counter()
     _log_and_register_model(run, result, model, config, weights_source, mean, std, data)
     result.timings["model_logging_s"] = time.perf_counter() - start
+
+
+def _predictions(data: PreparedData, split: str, part: dict, threshold: float) -> pd.DataFrame:
+    """One row per image: its file, label, P(pneumonia) and the label at 0.5 and at the validation threshold."""
+    frame = data.split.part(split)
+    probs = part["probs"]
+    labels = np.array(plots.CLASS_NAMES)
+    return frame.assign(probability=probs, predicted_at_0_5=labels[(probs >= 0.5).astype(int)],
+                        predicted_at_val_threshold=labels[(probs >= threshold).astype(int)])
 
 
 def _log_plots(run, result: ExperimentResult, config: Config) -> None:

@@ -63,12 +63,12 @@ def evaluate(model, x, y, device):
     return float(((prob > 0.5).long() == y).float().mean()), auc(prob.numpy(), y.numpy())
 
 
-def run(seed, difficulty, size, device, epochs=5):
+def run(seed, difficulty, size, device, epochs=5, lr=1e-4):
     torch.manual_seed(seed)
     counts = (200, 16, 100)
     data = {s: load_split(seed, difficulty, size, s, counts) for s in ("train", "val", "test")}
     model = small_cnn().to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
     x, y = data["train"]
     for _ in range(epochs):
         model.train()
@@ -88,13 +88,15 @@ def main():
     p.add_argument("--size", type=int, default=synthetic.DEFAULT_SIZE)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=5, help="protocol: 5")
+    p.add_argument("--lr", type=float, default=1e-4, help="protocol: 1e-4")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     for d in args.difficulty:
         accs, aucs = [], []
         for seed in args.seeds:
             t0 = time.time()
-            (val_acc, _), (acc, test_auc) = run(seed, d, args.size, args.device)
+            (val_acc, _), (acc, test_auc) = run(seed, d, args.size, args.device, args.epochs, args.lr)
             accs.append(acc)
             aucs.append(test_auc)
             print(f"difficulty={d:g} seed={seed} val_acc={val_acc:.3f} test_acc={acc:.3f} "

@@ -1,0 +1,75 @@
+"""Batch prediction and Grad-CAM over files and folders (`pneumo-ml predict` / `pneumo-ml explain`)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .inputs import expand_paths
+from .io import ImageReadError
+
+COLUMNS = ["path", "label", "probability", "confidence", "threshold", "model", "error"]
+
+
+def _decoded_batches(predictor, files: list[Path], batch_size: int, progress: bool, desc: str):
+    """(paths, images, failures) per batch; an unreadable file is a failure, never the end of the run."""
+    bar = tqdm(total=len(files), desc=desc, unit="img", disable=not progress, leave=False)
+    for start in range(0, len(files), batch_size):
+        paths, images, failures = [], [], []
+        for path in files[start:start + batch_size]:
+            try:
+                images.append(predictor.decode(path))
+                paths.append(path)
+            except ImageReadError as e:
+                failures.append((path, str(e)))
+        bar.update(len(paths) + len(failures))
+        yield paths, images, failures
+    bar.close()
+
+
+def predict_files(model_uri: str, paths, *, threshold: float | None = None, batch_size: int = 32,
+                  device: str = "cpu", progress: bool = True) -> pd.DataFrame:
+    from .tracking import load_predictor
+    files, missing = expand_paths(paths)
+    predictor = load_predictor(model_uri, device)
+    rows = [{"path": str(p), "error": f"{p}: no such file or folder"} for p in missing]
+    for batch_paths, images, failures in _decoded_batches(predictor, files, batch_size, progress, "predict"):
+        rows += [{"path": str(p), "error": reason} for p, reason in failures]
+        if images:
+            results = predictor.predict(np.stack(images), threshold=threshold)
+            rows += [{"path": str(p), **r, "error": ""} for p, r in zip(batch_paths, results)]
+    order = {str(p): i for i, p in enumerate(list(missing) + files)}
+    frame = pd.DataFrame(rows, columns=COLUMNS).fillna({"error": ""})
+    return frame.sort_values("path", key=lambda s: s.map(order)).reset_index(drop=True)
+
+
+def explain_files(model_uri: str, paths, out: Path, *, device: str = "cpu",
+                  batch_size: int = 8) -> tuple[list[Path], list[str]]:
+    from .explain import save_overlay
+    from .tracking import load_predictor
+    files, missing = expand_paths(paths)
+    predictor = load_predictor(model_uri, device)
+    out.mkdir(parents=True, exist_ok=True)
+    written, errors = [], [f"{p}: no such file or folder" for p in missing]
+    for batch_paths, images, failures in _decoded_batches(predictor, files, batch_size, True, "explain"):
+        errors += [reason for _, reason in failures]
+        if not images:
+            continue
+        stack = np.stack(images)
+        results = predictor.predict(stack)
+        for path, image, heat, result in zip(batch_paths, stack, predictor.heatmaps(stack), results):
+            target = _free_name(out / f"{path.stem}_gradcam.png")
+            save_overlay(target, image, heat, title=f"{path.name}: {result['label']} "
+                                                    f"p={result['probability']:.2f} (threshold {result['threshold']:.2f})")
+            written.append(target)
+    return written, errors
+
+
+def _free_name(path: Path) -> Path:
+    candidate, n = path, 1
+    while candidate.exists():
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        n += 1
+    return candidate

@@ -1,0 +1,202 @@
+"""The seed's four experiments as child runs of one parent run: one split, one decoded-image cache, compared
+with intervals and paired tests, every model registered, the validation winner promoted."""
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from . import comparison, config as config_mod, tracking
+from .config import Config
+from .errors import ConfigError
+from .promotion import Candidate, check_metric, rank
+from .train import ExperimentResult, prepare_data, run_experiment
+
+log = logging.getLogger(__name__)
+SUITE_KEYS = {"experiments", "seeds", "protocol", "promotion", "quick"}
+PROMOTION_KEYS = {"metric", "margin", "alias", "challenger"}
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    experiments: tuple[str, ...]
+    seeds: tuple[int, ...] = (42,)
+    protocol: dict = field(default_factory=dict)  # config keys applied to every experiment
+    promotion: dict = field(default_factory=lambda: {"metric": "val_auc", "margin": 0.0, "alias": "champion",
+                                                     "challenger": "challenger"})
+    quick: dict = field(default_factory=dict)  # what --quick overrides
+
+
+@dataclass
+class SuiteResult:
+    run_id: str
+    outcomes: list[comparison.Outcome]
+    comparison: comparison.Comparison | None
+    decision: object | None
+    timings: dict[str, float]
+
+
+def load_suite(path: str | Path) -> SuiteConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: suite config not found")
+    data = yaml.safe_load(path.read_text()) or {}
+    unknown = set(data) - SUITE_KEYS
+    if unknown:
+        raise ConfigError(f"{path}: unknown suite key(s) {', '.join(sorted(unknown))}")
+    if not data.get("experiments"):
+        raise ConfigError(f"{path}: lists no experiments")
+    promotion = {**SuiteConfig.__dataclass_fields__["promotion"].default_factory(), **(data.get("promotion") or {})}
+    if set(promotion) - PROMOTION_KEYS:
+        raise ConfigError(f"{path}: unknown promotion key(s) {', '.join(sorted(set(promotion) - PROMOTION_KEYS))}")
+    check_metric(promotion["metric"])
+    suite = SuiteConfig(tuple(data["experiments"]), tuple(int(s) for s in data.get("seeds") or [42]),
+                        dict(data.get("protocol") or {}), promotion, dict(data.get("quick") or {}))
+    for name, seed in plan(suite):  # every experiment must load: fail before any work
+        experiment_config(suite, name, seed, quick=True)
+    return suite
+
+
+def plan(suite: SuiteConfig) -> list[tuple[str, int]]:
+    return [(name, seed) for name in suite.experiments for seed in suite.seeds]
+
+
+def experiment_config(suite: SuiteConfig, experiment: str, seed: int, *, quick: bool) -> Config:
+    overrides = {**suite.protocol, **(suite.quick if quick else {}), "seed": seed}
+    cfg = config_mod.load(config_mod.experiment_path(experiment), **overrides)
+    if len(suite.seeds) > 1:
+        cfg = cfg.replace(name=f"{cfg.name} (seed {seed})")
+    return cfg
+
+
+def run_suite(suite: SuiteConfig, *, quick: bool = False, progress: bool = True, resume_run_id: str | None = None,
+              suite_path: str | None = None) -> SuiteResult:
+    start = time.perf_counter()
+    configs = [experiment_config(suite, name, seed, quick=quick) for name, seed in plan(suite)]
+    timings: dict[str, float] = {}
+    with tracking.start_run("suite", resume_run_id=resume_run_id, tags={"pneumo_ml.kind": "suite"}) as parent:
+        if resume_run_id is None:
+            parent.log_params({"experiments": ",".join(suite.experiments), "seeds": ",".join(map(str, suite.seeds)),
+                               "quick": quick, **{f"protocol.{k}": v for k, v in configs[0].to_dict().items()
+                                                  if k not in ("name", "model", "aug", "pretrained", "seed")},
+                               **{f"promotion.{k}": v for k, v in suite.promotion.items()}})
+            parent.log_text(yaml.safe_dump({"experiments": list(suite.experiments), "seeds": list(suite.seeds),
+                                            "protocol": suite.protocol, "promotion": suite.promotion,
+                                            "quick": suite.quick}, sort_keys=False), "suite.yaml")
+        previous = {run.data.tags.get("mlflow.runName"): run for run in tracking.child_runs(parent.run_id)} \
+            if resume_run_id else {}
+        data = None
+        outcomes: list[comparison.Outcome] = []
+        for cfg in configs:
+            earlier = previous.get(cfg.name)
+            if earlier is not None and earlier.info.status == "FINISHED":
+                log.info("%s finished in an earlier attempt: kept", cfg.name)
+                outcomes.append(_outcome_of_finished_run(earlier, cfg))
+                continue
+            if data is None:  # one split and one decoded cache for every experiment of the suite
+                data = prepare_data(cfg, progress=progress)
+                timings["data_s"] = data.seconds
+            resume_child = earlier.info.run_id if earlier is not None and earlier.info.status == "KILLED" else None
+            outcomes.append(_run_child(cfg, data, parent.run_id, resume_child, progress, timings))
+        finished = [o for o in outcomes if o.status == "FINISHED"]
+        result = SuiteResult(parent.run_id, outcomes, None, None, timings)
+        if finished:
+            t0 = time.perf_counter()
+            reference = validation_winner(finished, suite.promotion["metric"])
+            result.comparison = comparison.compare(outcomes, reference=reference,
+                                                   bootstrap=configs[0].bootstrap, seed=configs[0].seed)
+            with tempfile.TemporaryDirectory() as tmp:
+                comparison.write(result.comparison, Path(tmp))
+                parent.log_dir(tmp, "comparison")
+            timings["comparison_s"] = time.perf_counter() - t0
+        if any(o.version for o in finished):
+            p = suite.promotion
+            result.decision = tracking.promote(configs[0].registered_model_name, metric=p["metric"],
+                                               alias=p["alias"], margin=float(p["margin"]),
+                                               challenger=p.get("challenger"))
+            parent.set_tags({"promotion.decision": result.decision.reason})
+        timings["suite_wall_s"] = time.perf_counter() - start
+        parent.log_metrics({"n_finished": len(finished), "n_failed": len(outcomes) - len(finished),
+                            **{f"time_{k}": v for k, v in timings.items()}})
+    return result
+
+
+def _run_child(cfg: Config, data, parent_run_id: str, resume_child: str | None, progress: bool,
+               timings: dict[str, float]) -> comparison.Outcome:
+    try:
+        result = run_experiment(cfg, data=data, parent_run_id=parent_run_id, resume_run_id=resume_child,
+                                progress=progress)
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # noqa: BLE001 - one experiment failing must not lose the others
+        reason = str(e).splitlines()[0] if str(e) else e.__class__.__name__
+        log.error("%s failed: %s", cfg.name, reason)
+        return comparison.Outcome(cfg.name, cfg.seed, "", "FAILED", error=f"{e.__class__.__name__}: {reason}")
+    for key, value in result.timings.items():
+        timings[key] = timings.get(key, 0.0) + value
+    return _outcome(result)
+
+
+def _outcome(result: ExperimentResult) -> comparison.Outcome:
+    return comparison.Outcome(
+        result.name, result.config.seed, result.run_id, "FINISHED", threshold=result.threshold,
+        val_targets=result.val["targets"], val_probs=result.val["probs"],
+        test_targets=result.test["targets"], test_probs=result.test["probs"],
+        history=result.history, best_epoch=result.best_epoch, version=result.version)
+
+
+def _outcome_of_finished_run(run, cfg: Config) -> comparison.Outcome:
+    """Rebuild a finished child's outcome from what it logged (the suite was interrupted after it)."""
+    logger = tracking.RunLogger(run.info.run_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        test = pd.read_csv(logger.download("predictions/test_predictions.csv", tmp))
+        val = pd.read_csv(logger.download("predictions/val_predictions.csv", tmp))
+    history = tracking.metric_history(run.info.run_id, ["train_loss", "train_accuracy", "val_loss",
+                                                        "val_accuracy", "val_auc"])
+    m = run.data.metrics
+    return comparison.Outcome(
+        cfg.name, cfg.seed, run.info.run_id, "FINISHED", threshold=m.get("val_threshold", 0.5),
+        val_targets=val["target"].to_numpy(), val_probs=val["probability"].to_numpy(),
+        test_targets=test["target"].to_numpy(), test_probs=test["probability"].to_numpy(),
+        history=history, best_epoch=int(m.get("best_epoch", 0)),
+        version=run.data.tags.get("pneumo_ml.registered_version"))
+
+
+def validation_winner(outcomes: list[comparison.Outcome], metric: str) -> str:
+    """The experiment the others are tested against: best on validation, like promotion."""
+    from .metrics import roc_auc
+    higher = check_metric(metric)
+
+    def figure(o: comparison.Outcome, name: str) -> float:
+        if name == "val_auc":
+            return roc_auc(o.val_targets, o.val_probs)
+        if name == "val_accuracy":
+            return float(((o.val_probs >= 0.5) == o.val_targets).mean())
+        row = next((r for r in o.history if r["epoch"] == o.best_epoch), None)
+        return row["val_loss"] if row else math.nan
+
+    candidates = [Candidate(str(i), o.name, o.run_id, figure(o, metric), figure(o, "val_loss"))
+                  for i, o in enumerate(outcomes)]
+    ranked = rank(candidates, higher)
+    return ranked[0].experiment if ranked else outcomes[0].name
+
+
+def summary(result: SuiteResult) -> str:
+    lines = [f"suite run {result.run_id}: {sum(o.status == 'FINISHED' for o in result.outcomes)} finished, "
+             f"{sum(o.status != 'FINISHED' for o in result.outcomes)} failed"]
+    if result.comparison is not None:
+        lines.append(result.comparison.markdown)
+    for o in result.outcomes:
+        if o.status != "FINISHED":
+            lines.append(f"FAILED {o.name}: {o.error}")
+    if result.decision is not None:
+        lines.append(f"promotion: {result.decision.reason}")
+    lines.append(f"wall time {result.timings.get('suite_wall_s', math.nan):.1f} s")
+    return "\n".join(lines)
+

@@ -1,0 +1,104 @@
+"""One experiment end to end on the real (shrunk) configuration, against a real SQLite tracking store."""
+import base64
+import io
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from conftest import SAMPLES
+from pneumo_ml import tracking
+from pneumo_ml.train import run_experiment
+
+CONTRACT_METRICS = ["test_accuracy", "test_auc", "test_sensitivity", "test_specificity", "test_f1"]
+EPOCH_METRICS = ["train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_auc"]
+ARTIFACTS = ["plots/confusion_matrix.png", "plots/roc_curve.png", "plots/training_curves.png", "plots/gradcam.png",
+             "plots/pr_curve.png", "plots/calibration.png", "predictions/test_predictions.csv", "data/split.csv",
+             "config.yaml"]
+
+
+def artifact_paths(client, run_id, path=None):
+    out = []
+    for item in client.list_artifacts(run_id, path):
+        out += artifact_paths(client, run_id, item.path) if item.is_dir else [item.path]
+    return out
+
+
+@pytest.mark.parametrize("model", ["small_cnn", "resnet50", "vit_tiny", "densenet121"])
+def test_one_run_logs_what_the_contract_lists(tiny_config, model):
+    cfg = tiny_config(model=model, name=f"tiny-{model}", epochs=2 if model == "small_cnn" else 1,
+                      pretrained="false", register=model == "small_cnn")
+    result = run_experiment(cfg, progress=False)
+    client = MlflowClient()
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert client.get_experiment(run.info.experiment_id).name == "pneumonia-detection"
+    params = run.data.params
+    assert params["model"] == model and params["weights_source"] == "random" and params["epochs"] == str(cfg.epochs)
+    for name in EPOCH_METRICS:
+        history = client.get_metric_history(result.run_id, name)
+        assert sorted(m.step for m in history) == list(range(1, cfg.epochs + 1)), name
+    for name in CONTRACT_METRICS:
+        value = run.data.metrics[name]
+        assert 0 <= value <= 1
+        if name != "test_auc" or not np.isnan(value):
+            assert run.data.metrics[f"{name}_ci_low"] <= value + 1e-9 <= run.data.metrics[f"{name}_ci_high"] + 2e-9
+    assert 0 <= run.data.metrics["val_threshold"] <= 1
+    files = artifact_paths(client, result.run_id)
+    for name in ARTIFACTS:
+        assert name in files, name
+    assert any(f.startswith("gradcam/") and f.endswith(".png") for f in files)
+    split = pd.read_csv(client.download_artifacts(result.run_id, "data/split.csv"))
+    assert split.groupby("split").size().to_dict() == {"test": 12, "train": 16, "val": 8}
+    predictions = pd.read_csv(client.download_artifacts(result.run_id, "predictions/test_predictions.csv"))
+    assert len(predictions) == 12 and predictions["probability"].between(0, 1).all()
+    assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.digest
+    if model == "small_cnn":
+        assert "cam_pointing_game" in run.data.metrics and "cam_pointing_game_uniform" in run.data.metrics
+        version = client.get_model_version("pneumonia-classifier", result.version)
+        assert version.tags["run_id"] == result.run_id and version.tags["experiment"] == f"tiny-{model}"
+        assert float(version.tags["val_auc"]) == pytest.approx(run.data.metrics["best_val_auc"], abs=1e-6)
+
+
+def test_registered_pyfunc_reloads_and_matches_the_in_process_model(trained_model, monkeypatch):
+    uri, result = trained_model
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    model_uri = f"models:/pneumonia-classifier/{result.version}"
+    pyfunc = mlflow.pyfunc.load_model(model_uri)
+    jpegs = sorted(SAMPLES.rglob("*.jpeg"))[:3]
+    frame = pd.DataFrame({"image": [base64.b64encode(p.read_bytes()).decode() for p in jpegs]})
+    out = pyfunc.predict(frame)
+    assert list(out.columns) == ["label", "probability", "confidence", "threshold", "model"]
+    assert out["label"].isin(["NORMAL", "PNEUMONIA"]).all()
+    np.testing.assert_allclose(out["threshold"], result.threshold)
+    # The same image through the in-process path: read_xray -> resize -> BatchTransform -> model.
+    predictor = tracking.load_predictor(model_uri)
+    direct = predictor.probabilities(np.stack([predictor.decode(p) for p in jpegs]))
+    np.testing.assert_allclose(out["probability"].to_numpy(), direct, rtol=1e-5, atol=1e-6)
+    expected = np.where(out["label"] == "PNEUMONIA", out["probability"], 1 - out["probability"])
+    np.testing.assert_allclose(out["confidence"], expected)
+    assert ((out["probability"] >= out["threshold"]) == (out["label"] == "PNEUMONIA")).all()
+    raw = pyfunc.predict(pd.DataFrame({"image": [jpegs[0].read_bytes()]}))
+    assert raw["probability"][0] == pytest.approx(out["probability"][0])
+
+
+def test_model_is_logged_with_weights_signature_example_and_explicit_requirements(trained_model, monkeypatch):
+    uri, result = trained_model
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    from mlflow.models import get_model_info
+    info = get_model_info(result.model_uri)
+    assert info.signature.inputs.input_names() == ["image"]
+    assert {p.name for p in info.signature.params.params} == {"threshold", "gradcam"}
+    local = mlflow.artifacts.download_artifacts(result.model_uri)
+    from pathlib import Path
+    files = {p.relative_to(local).as_posix() for p in Path(local).rglob("*") if p.is_file()}
+    assert "artifacts/weights.pt" in files and "artifacts/model_card.json" in files
+    assert any(f.endswith("python_model.py") or f.endswith("pyfunc_model.py") for f in files)
+    requirements = (Path(local) / "requirements.txt").read_text()
+    assert "torch==" in requirements and "pillow==" in requirements
+    import torch
+    state = torch.load(Path(local) / "artifacts" / "weights.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
