@@ -91,7 +91,9 @@ def main(verbose: bool) -> None:
     for noisy in ("mlflow", "alembic", "urllib3", "timm", "httpx"):
         logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)
     warnings.filterwarnings("ignore", module="mlflow")
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 # --- train ----------------------------------------------------------------------------------------------
@@ -307,6 +309,17 @@ def data_audit(root, json_path):
         import json
         Path(json_path).write_text(json.dumps(report.to_dict(), indent=2, default=str))
     sys.exit(1 if report.leaky else 0)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (loopback by default).")
+@click.option("--port", default=7860, show_default=True, type=int)
+@click.option("--model-name", default="pneumonia-classifier", show_default=True)
+@click.option("--share", is_flag=True, help="Ask Gradio for a public share link (off by default).")
+def demo(host, port, model_name, share):
+    """The Gradio demo (needs the [demo] extra): upload an X-ray, see label, confidence and Grad-CAM."""
+    from .demo import launch
+    launch(host=host, port=port, model_name=model_name, share=share)
 
 
 if __name__ == "__main__":

@@ -82,7 +82,7 @@ def _per_seed(o: Outcome, n_boot: int, seed: int) -> dict:
 def _table_row(name: str, runs: list[Outcome], failed: list[Outcome], reference: str, n_boot: int,
                seed: int) -> dict:
     per_seed = pd.DataFrame([_per_seed(o, n_boot, seed) for o in runs], columns=POINTS + INTERVALS, dtype=float)
-    row = {"experiment": name, "reference": name == reference,
+    row = {"experiment": name, "is_reference": name == reference,
            "status": "FINISHED" if runs else "/".join(sorted({o.status for o in failed})),
            "error": "; ".join(f"seed {o.seed}: {o.error or 'no test predictions'}" for o in failed) or None,
            "n_seeds": len(runs), "n_failed": len(failed), "seeds": ", ".join(str(o.seed) for o in runs),
@@ -207,7 +207,8 @@ def draw_metrics_bar(ax, table: pd.DataFrame) -> None:
     for i, (col, label) in enumerate(bars):
         value = done[col].to_numpy(float)
         err = np.vstack([value - done[f"{col}_ci_low"].to_numpy(float), done[f"{col}_ci_high"].to_numpy(float) - value])
-        ax.bar(x + (i - 1) * width, value, width, yerr=np.nan_to_num(np.clip(err, 0, None)), capsize=3, label=label)
+        err = None if np.isnan(err).all() else np.nan_to_num(np.clip(err, 0, None))  # no bars when bootstrap=0
+        ax.bar(x + (i - 1) * width, value, width, yerr=err, capsize=3, label=label)
     ax.set_xticks(x, done.experiment, rotation=15 if len(done) > 3 else 0)
     ax.axhline(0.5, c="grey", ls=":", lw=1)
     ax.set_ylim(0, 1.12)
@@ -281,13 +282,13 @@ def _cell(row, col: str) -> str:
 def _results(table: pd.DataFrame, tuned: bool) -> pd.DataFrame:
     rows = []
     for _, r in table.iterrows():
-        label = r.experiment + (" (reference)" if r.reference else "")
+        label = r.experiment + (" (reference)" if r.is_reference else "")
         pre = "tuned_" if tuned else ""
         row = {"Model": label, "Threshold": _cell(r, "threshold"), "Accuracy": _cell(r, pre + "accuracy"),
                "AUC": _cell(r, "auc"), "Sensitivity": _cell(r, pre + "sensitivity"),
                "Specificity": _cell(r, pre + "specificity"), "Validation AUC": _cell(r, "val_auc")}
         if not r.n_seeds:
-            row["Accuracy"] = r.status
+            row["Accuracy"] = "no test predictions" if r.status == "FINISHED" else r.status
         if not tuned:
             del row["Threshold"], row["Validation AUC"]
         rows.append(row)
@@ -309,20 +310,22 @@ def _sections(table, tests, reference, runs, failed, notes, n_boot) -> list[tupl
         val = next((len(o.val_targets) for o in done if o.val_targets is not None), None)
         intro.append(f"Test set: {n} images ({n - pos} NORMAL, {pos} PNEUMONIA)"
                      + (f"; validation set: {val} images" if val else "") + ". "
-                     + f"Intervals: 95 % bootstrap over the test images ({n_boot} resamples)."
-                     + (" With several seeds: mean ± std across seeds, and the interval shown is the mean of the "
-                        "per-seed bootstrap bounds (the test-image noise of a typical seed, not an interval of the "
-                        "mean)." if several else ""))
+                     + (f"Intervals: 95 % bootstrap over the test images ({n_boot} resamples)." if n_boot
+                        else "No bootstrap intervals (bootstrap = 0)."))
         intro.append(f"Reference: {reference}, the validation winner chosen by the caller (never by test figures).")
     intro += notes
     sections = [("", intro)]
     sections.append(("Test results at threshold 0.5", [_results(table, tuned=False)]))
-    sections.append(("Test results at the validation threshold (Youden's J)", [_results(table, tuned=True)]))
+    footnote = ["With several seeds: mean ± std across seeds; the bracketed interval is the mean of the per-seed "
+                "bootstrap bounds (the test-image noise of a typical seed, not an interval of the mean)."]
+    sections.append(("Test results at the validation threshold (Youden's J)",
+                     [_results(table, tuned=True), *(footnote if several else [])]))
 
     if len(tests):
         show = pd.DataFrame({
             "Model": tests.experiment + (" (seed " + tests.seed.astype(str) + ")" if several else ""),
-            "AUC difference [95 % CI]": [f"{r.auc_diff:+.3f} [{r.auc_diff_low:+.3f}, {r.auc_diff_high:+.3f}]"
+            "AUC difference [95 % CI]": [f"{r.auc_diff:+.3f}" + ("" if _nan(r.auc_diff_low) else
+                                         f" [{r.auc_diff_low:+.3f}, {r.auc_diff_high:+.3f}]")
                                          for r in tests.itertuples()],
             "DeLong": tests.delong_p.map(_p),
             "McNemar @ 0.5 (only exp./only ref. right)": [
@@ -333,7 +336,8 @@ def _sections(table, tests, reference, runs, failed, notes, n_boot) -> list[tupl
             "AUC difference resolved": tests.resolved.map({True: "yes", False: "no"})})
         words = [f"{r.experiment} vs {r.reference}" + (f" (seed {r.seed})" if several else "")
                  + f": AUC {r.auc:.3f} vs {r.reference_auc:.3f}, {_verdict(r.resolved, r.delong_p, r.n_test)}."
-                 + f" Accuracy at the validation thresholds {r.tuned_accuracy:.2f} vs {r.reference_tuned_accuracy:.2f}: "
+                 + f" Accuracy at the validation thresholds {r.tuned_accuracy:.2f} vs "
+                 + f"{r.reference_tuned_accuracy:.2f}: "
                  + _verdict(r.tuned_accuracy_resolved, r.tuned_mcnemar_p, r.n_test) + "."
                  for r in tests.itertuples()]
         sections.append((f"Paired tests against {reference}", [

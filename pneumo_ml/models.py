@@ -128,9 +128,8 @@ def _with_imagenet_weights(spec: ModelSpec, image_size: int, required: bool) -> 
                    f"pass --weights FILE (a local state dict) or --pretrained false")
         if required:
             raise WeightsError(message) from e
-        warnings.warn(f"{message}. Training from RANDOM initialisation (logged as weights_source=random).",
+        warnings.warn(f"{message}. Training {tag} from RANDOM initialisation (logged as weights_source=random).",
                       stacklevel=3)
-        log.warning("pretrained=auto: no ImageNet weights for %s, training from random initialisation", tag)
         return None
     model.weights_source = f"timm:{tag}"
     return model

@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 from scipy.ndimage import gaussian_filter
 
 DEFAULT_SIZE = 512
-DEFAULT_DIFFICULTY = 0.5
+DEFAULT_DIFFICULTY = 0.3
 PATTERNS = ("lobar", "patchy", "interstitial")
 CLASSES = ("NORMAL", "PNEUMONIA")
 MASK_LUNG, MASK_LESION = 128, 255
@@ -70,9 +70,9 @@ def _draw_frame(rng, size):
         shift=rng.normal(0.0, 0.02, 2),
         tilt=math.radians(rng.normal(0.0, 2.0)),
         top=rng.uniform(0.0, 0.09),               # patient units of neck above the shoulders
-        k=rng.uniform(1.7, 2.3),                  # beam hardness: how much dense regions saturate
-        gain=rng.uniform(0.9, 1.1), offset=rng.uniform(-0.07, 0.05), gamma=rng.uniform(0.85, 1.25),
-        vignette=rng.uniform(0.0, 0.3), vig_center=rng.normal(0.0, 0.15, 2),
+        k=rng.uniform(1.85, 2.15),                # beam hardness: how much dense regions saturate
+        gain=rng.uniform(0.95, 1.05), offset=rng.uniform(-0.04, 0.03), gamma=rng.uniform(0.92, 1.12),
+        vignette=rng.uniform(0.0, 0.2), vig_center=rng.normal(0.0, 0.15, 2),
         noise=rng.uniform(0.012, 0.03), blur=rng.uniform(0.5, 1.0),
         marker=dict(letter=str(rng.choice(["L", "R"])), corner=int(rng.integers(4)),
                     scale=rng.uniform(0.03, 0.05), level=rng.uniform(0.85, 1.0),
@@ -370,7 +370,7 @@ def _lobar(rng, geo, size, edge):
         region = _soft((t - fissure) * height, fissure_edge) * _soft(0.27 - lat, 0.06)
         centre_t = rng.uniform(fissure + 0.1, 0.9)
     centre = np.array([side * rng.uniform(0.13, 0.3), a["apex"] + centre_t * height])
-    radius = size * rng.uniform(0.11, 0.18)
+    radius = size * rng.uniform(0.14, 0.24)
     wobble = _noise_field(rng, 14, u.shape, 1.0)
     dist = np.hypot(u - centre[0], (v - centre[1]) * 0.8)
     blob = _soft(radius * (1 + 0.25 * wobble) - dist, 2 * edge + 0.03)
@@ -380,7 +380,7 @@ def _lobar(rng, geo, size, edge):
 def _patchy(rng, geo, size, edge):
     """Several irregular blobs of varied size, clustered in one zone or scattered over both lungs."""
     u, v, lung_sd = geo["u"], geo["v"], geo["lung_sd"]
-    n = int(rng.integers(3, 9))
+    n = int(rng.integers(4, 13))
     inside = np.flatnonzero(lung_sd > 0.02)
     if rng.uniform() < 0.5:
         anchor = inside[rng.integers(len(inside))]
@@ -388,7 +388,7 @@ def _patchy(rng, geo, size, edge):
     else:
         picks = inside[rng.integers(len(inside), size=n)]
         centres = np.stack([u.flat[picks], v.flat[picks]])
-    radii = size * rng.uniform(0.025, 0.07, n)
+    radii = size * rng.uniform(0.03, 0.08, n)
     wobble = _noise_field(rng, 40, u.shape, 1.0)
     out = np.zeros(u.shape, _F)
     for (cu, cv), r in zip(centres.T, radii):
@@ -400,9 +400,9 @@ def _patchy(rng, geo, size, edge):
 def _interstitial(rng, geo, size, edge):
     """Fine reticular (net-like) streaks over a perihilar or basal area, often on both sides."""
     a, u, v = geo["a"], geo["u"], geo["v"]
-    sides = [int(rng.choice([-1, 1]))] if rng.uniform() < 0.5 else [-1, 1]
+    sides = [int(rng.choice([-1, 1]))] if rng.uniform() < 0.25 else [-1, 1]
     zone_t = rng.uniform(0.35, 0.85)
-    ru, rv = size * rng.uniform(0.09, 0.15), size * rng.uniform(0.12, 0.2)
+    ru, rv = size * rng.uniform(0.11, 0.17), size * rng.uniform(0.15, 0.24)
     area = np.zeros(u.shape, _F)
     for side in sides:
         cu, cv = side * rng.uniform(0.14, 0.26), a["apex"] + zone_t * (a["dome"] - a["apex"])
@@ -410,8 +410,8 @@ def _interstitial(rng, geo, size, edge):
         np.maximum(area, _soft(ell * min(ru, rv), edge + 0.04), out=area)
     fine = _noise_field(rng, 90, u.shape, 0.8)
     coarse = _noise_field(rng, 45, u.shape, 0.8)
-    lines = np.maximum(np.exp(-(fine * (1 / 0.2)) ** 2), 0.6 * np.exp(-(coarse * (1 / 0.15)) ** 2))
-    return area * (0.55 + 0.45 * lines)
+    lines = np.maximum(np.exp(-(fine * (1 / 0.15)) ** 2), 0.6 * np.exp(-(coarse * (1 / 0.12)) ** 2))
+    return area * (0.65 + 0.35 * lines)
 
 
 _PATTERN_SHAPES = {"lobar": _lobar, "patchy": _patchy, "interstitial": _interstitial}
@@ -432,8 +432,8 @@ def _lesion(rng, geo, difficulty):
     opacity = _PATTERN_SHAPES[pattern](rng, geo, size, edge)
     # alveolar filling is not uniform: acinar nodules, and air bronchograms through consolidation
     nodules = np.clip(0.5 + 0.35 * _noise_field(rng, 70, opacity.shape, 0.8), 0, 1)
-    bronchi = np.exp(-((_noise_field(rng, 24, opacity.shape, 1.0) * (1 / 0.12)) ** 2))
-    texture = (0.55 + 0.45 * nodules) * (1 - (0.5 if pattern == "lobar" else 0.2) * bronchi)
+    bronchi = np.exp(-((_noise_field(rng, 24, opacity.shape, 1.0) * (1 / 0.2)) ** 2))
+    texture = (0.55 + 0.45 * nodules) * (1 - (0.3 if pattern == "lobar" else 0.1) * bronchi)
     return density * opacity * geo["air"] * texture, pattern
 
 
@@ -457,7 +457,7 @@ def render_case(seed: int, index: int, pneumonia: bool, *, size: int = DEFAULT_S
     if pneumonia:
         density, pattern = _lesion(np.random.default_rng([seed, index, 1]), geo, float(difficulty))
         att = att + density
-        mask[_resize(density, shape) > 0] = MASK_LESION
+        mask[(_resize(density, shape) > 0) & (lung_sd > 0)] = MASK_LESION
     img = _finish(rng, _resize(_tone(att, frame), shape, Image.BICUBIC), frame)
     if return_info:
         return img, mask, {"pattern": pattern}

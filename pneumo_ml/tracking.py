@@ -116,11 +116,10 @@ class RunLogger:
 
     def log_dataset(self, frame: pd.DataFrame, *, name: str, source: str, context: str = "training") -> str:
         """The split manifest as an MLflow dataset input (with its digest); returns the digest."""
-        from mlflow.data.artifact_dataset_sources import LocalArtifactDatasetSource
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # schema hints about int columns: not actionable here
-            dataset = mlflow.data.from_pandas(frame, source=LocalArtifactDatasetSource(source), name=name,
-                                              targets="label")
+            # MLflow's hints (int columns, a local path matching two source types) need no action here.
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(frame, source=source, name=name, targets="label")
         entity = dataset._to_mlflow_entity()
         self.client.log_inputs(self.run_id, datasets=[
             DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)])])
@@ -211,7 +210,9 @@ def start_run(run_name: str, *, parent_run_id: str | None = None, resume_run_id:
     except KeyboardInterrupt:
         logger.end("KILLED")
         raise
-    except BaseException:
+    except BaseException as e:
+        with contextlib.suppress(Exception):
+            logger.set_tags({"pneumo_ml.error": f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]})
         logger.end("FAILED")
         raise
     else:
@@ -275,7 +276,7 @@ def model_versions(name: str = MODEL_NAME) -> list:
 
 def alias_version(name: str, alias: str) -> str | None:
     try:
-        return client().get_model_version_by_alias(name, alias).version
+        return str(client().get_model_version_by_alias(name, alias).version)
     except MlflowException:
         return None
 
@@ -297,7 +298,7 @@ def set_version_tags(name: str, version: str, tags: dict[str, Any]) -> None:
 
 def model_aliases(name: str = MODEL_NAME) -> dict[str, str]:
     try:
-        return dict(client().get_registered_model(name).aliases)
+        return {alias: str(version) for alias, version in client().get_registered_model(name).aliases.items()}
     except MlflowException:
         return {}
 

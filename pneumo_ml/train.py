@@ -101,55 +101,74 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def run_experiment(config: Config, *, data: PreparedData | None = None, parent_run_id: str | None = None,
-                   resume_run_id: str | None = None, progress: bool = True) -> ExperimentResult:
-    """Train and evaluate one configuration as one MLflow run; registers a model version if asked."""
-    device = resolve_device(config.device)
-    seed_everything(config.seed, config.deterministic)
-    data = data or prepare_data(config, progress=progress)
+@dataclass
+class Setup:
+    """The model and everything that trains it, on its device."""
+
+    model: torch.nn.Module
+    trainable: torch.nn.Module  # the model, or its torch.compile wrapper
+    optimizer: torch.optim.Optimizer
+    loss_fn: torch.nn.Module
+    train_tf: BatchTransform
+    eval_tf: BatchTransform
+    loaders: dict[str, BatchLoader]
+    weights_source: str
+    mean: tuple
+    std: tuple
+
+
+def build(config: Config, data: PreparedData, device: torch.device) -> Setup:
     model = create_model(config.model, config.pretrained, config.weights, image_size=config.image_size)
-    weights_source = model.weights_source
     mean, std = normalization(model)
-    cuda = device.type == "cuda"
-    model = model.to(device)
-    if cuda and config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    trainable = torch.compile(model) if config.compile else model
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    channels_last = device.type == "cuda" and config.channels_last
+    model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
     counts = np.bincount(data.targets["train"], minlength=2).tolist()
-    loss_fn = engine.make_loss(config.loss, counts, config.focal_gamma).to(device)
-    channels_last = cuda and config.channels_last
-    train_tf = BatchTransform(mean, std, augment=config.aug, channels_last=channels_last)
-    eval_tf = BatchTransform(mean, std, channels_last=channels_last)
     loaders = {name: BatchLoader(data.images[name], data.targets[name], config.batch_size,
                                  shuffle=name == "train", seed=config.seed, device=device)
                for name in ("train", "val", "test")}
+    return Setup(model=model, trainable=torch.compile(model) if config.compile else model,
+                 optimizer=torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay),
+                 loss_fn=engine.make_loss(config.loss, counts, config.focal_gamma).to(device),
+                 train_tf=BatchTransform(mean, std, augment=config.aug, channels_last=channels_last),
+                 eval_tf=BatchTransform(mean, std, channels_last=channels_last), loaders=loaders,
+                 weights_source=model.weights_source, mean=mean, std=std)
+
+
+def run_experiment(config: Config, *, data: PreparedData | None = None, parent_run_id: str | None = None,
+                   resume_run_id: str | None = None, progress: bool = True) -> ExperimentResult:
+    """Train and evaluate one configuration as one MLflow run; registers a model version if asked.
+
+    A failure after the data is ready (weights, a diverging loss...) leaves a FAILED run saying why."""
+    device = resolve_device(config.device)
+    seed_everything(config.seed, config.deterministic)
+    data = data or prepare_data(config, progress=progress)
     result = ExperimentResult("", config.name, config)
     with tracking.start_run(config.name, parent_run_id=parent_run_id, resume_run_id=resume_run_id,
                             tags={"pneumo_ml.model": config.model}) as run:
         result.run_id = run.run_id
-        state = _resume_state(run, model, optimizer) if resume_run_id else None
+        setup = build(config, data, device)
+        state = _resume_state(run, setup.model, setup.optimizer) if resume_run_id else None
         if state is None:
-            _log_setup(run, config, data, weights_source, device)
+            _log_setup(run, config, data, setup.weights_source, device)
         last_checkpoint: dict = {}
 
         def on_epoch_end(fit_state: engine.FitState, row: dict) -> None:
             run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"], wait=False)
-            last_checkpoint["state"] = _snapshot(engine.checkpoint(model, optimizer, fit_state))
+            last_checkpoint["state"] = _snapshot(engine.checkpoint(setup.model, setup.optimizer, fit_state))
 
         start = time.perf_counter()
         try:
-            state = engine.fit(trainable, loaders["train"], loaders["val"], optimizer, loss_fn, train_tf, eval_tf,
-                               epochs=config.epochs, seed=config.seed, monitor=config.monitor,
-                               patience=config.patience, amp=config.amp, progress=progress, state=state,
-                               on_epoch_end=on_epoch_end)
+            state = engine.fit(setup.trainable, setup.loaders["train"], setup.loaders["val"], setup.optimizer,
+                               setup.loss_fn, setup.train_tf, setup.eval_tf, epochs=config.epochs, seed=config.seed,
+                               monitor=config.monitor, patience=config.patience, amp=config.amp, progress=progress,
+                               state=state, on_epoch_end=on_epoch_end)
         except KeyboardInterrupt:
             if "state" in last_checkpoint:
                 _log_checkpoint(run, last_checkpoint["state"])
             raise
         result.timings["train_s"] = time.perf_counter() - start
         result.history, result.best_epoch = state.history, state.best_epoch
-        _evaluate_and_log(run, result, model, loaders, eval_tf, config, data, weights_source, mean, std)
+        _evaluate_and_log(run, result, setup, config, data)
     return result
 
 
@@ -199,8 +218,8 @@ def _resume_state(run: tracking.RunLogger, model, optimizer) -> engine.FitState:
     return state
 
 
-def _evaluate_and_log(run, result: ExperimentResult, model, loaders, eval_tf, config: Config, data: PreparedData,
-                      weights_source: str, mean, std) -> None:
+def _evaluate_and_log(run, result: ExperimentResult, setup: Setup, config: Config, data: PreparedData) -> None:
+    model, loaders, eval_tf = setup.model, setup.loaders, setup.eval_tf
     start = time.perf_counter()
     val = engine.evaluate(model, loaders["val"], None, eval_tf, amp=config.amp)
     test = engine.evaluate(model, loaders["test"], None, eval_tf, amp=config.amp)
@@ -230,7 +249,7 @@ def _evaluate_and_log(run, result: ExperimentResult, model, loaders, eval_tf, co
     for name, part in (("test", test), ("val", val)):
         run.log_table(_predictions(data, name, part, threshold), f"predictions/{name}_predictions.csv")
     start = time.perf_counter()
-    _log_and_register_model(run, result, model, config, weights_source, mean, std, data)
+    _log_and_register_model(run, result, setup, config, data)
     result.timings["model_logging_s"] = time.perf_counter() - start
 
 
@@ -303,8 +322,8 @@ def _localisation(model, eval_tf, config: Config, data: PreparedData, test: dict
     return explain.localisation_scores(maps, masks)
 
 
-def _log_and_register_model(run, result: ExperimentResult, model, config: Config, weights_source: str, mean, std,
-                            data: PreparedData) -> None:
+def _log_and_register_model(run, result: ExperimentResult, setup: Setup, config: Config, data: PreparedData) -> None:
+    model, weights_source, mean, std = setup.model, setup.weights_source, setup.mean, setup.std
     card = ModelCard(architecture=config.model, image_size=config.image_size, mean=tuple(mean), std=tuple(std),
                      threshold=result.threshold, threshold_source="validation set, Youden's J",
                      name=f"{config.name} (run {run.run_id[:8]})", run_id=run.run_id, weights_source=weights_source)

@@ -72,7 +72,7 @@ def test_table_rows_columns_and_values_match_binary_metrics(result):
     good = row(table, "ResNet50_Aug")
     assert 0.9 < good.auc and row(table, "SmallCNN").auc < 0.75
     assert good.tuned_accuracy > good.accuracy + 0.1  # scores above 0.5: the validation threshold rescues them
-    assert result.reference == "ResNet50_Aug" and good.reference
+    assert result.reference == "ResNet50_Aug" and good.is_reference
 
 
 def test_intervals_contain_the_point_estimates(result):

@@ -1,0 +1,139 @@
+"""The command line as a user meets it: real files, one clear line for every mistake, exit codes."""
+import os
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from conftest import SAMPLES, TINY, write_dicom
+from pneumo_ml.cli import main
+from pneumo_ml.io import read_xray
+
+
+def cli(*args, env=None):
+    return CliRunner().invoke(main, [str(a) for a in args], env=env, catch_exceptions=False)
+
+
+def one_clean_line(result, *needles):
+    assert result.exit_code in (1, 2), result.output
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in result.output, result.output
+
+
+def tiny_args(**extra):
+    args = []
+    for key, value in {**TINY, **extra}.items():
+        if key in ("bootstrap", "gradcam_images", "workers"):
+            args += ["--set", f"{key}={value}"]
+        else:
+            args += [f"--{key.replace('_', '-')}", value]
+    return args
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["train", "--model", "resnet18"], ["error: model: unknown model 'resnet18'"]),
+    (["train", "--data", "/no/such/folder"], ["error: /no/such/folder: no such data folder"]),
+    (["train", "--config", "missing.yaml"], ["missing.yaml: config file not found"]),
+    (["train", "--set", "colour=red"], ["unknown config key 'colour'"]),
+    (["train", "--aug", "perhaps"], ["expected true or false"]),
+    (["train", "--model", "small_cnn", "--pretrained", "true", "--device", "cpu", "--image-size", "32"],
+     ["small_cnn has no pretrained weights"]),
+    (["promote", "--metric", "test_auc"], ["validation metrics only"]),
+    (["predict", "--model-uri", "models:/nothing/1", "x.png"], ["cannot load model"]),
+])
+def test_user_mistakes_end_in_one_clear_line(args, needles):
+    one_clean_line(cli(*args), *needles)
+
+
+def test_device_cuda_without_a_gpu_is_a_clear_error():
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    one_clean_line(cli("train", *tiny_args(device="cuda")), "--device cuda: no CUDA GPU is available")
+
+
+def test_train_via_the_cli_prints_the_summary_table():
+    result = cli("train", "--model", "small_cnn", *tiny_args(), "--no-register", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "SmallCNN: run" in result.output and "at val threshold" in result.output
+    assert "research use, not for diagnosis" in result.output
+
+
+def test_data_synth_writes_the_kermany_layout_with_masks(tmp_path):
+    out = tmp_path / "synth"
+    result = cli("data", "synth", "--out", out, "--train", 4, "--val", 2, "--test", 2, "--size", 96)
+    assert result.exit_code == 0, result.output
+    for split, n in (("train", 2), ("val", 1), ("test", 1)):
+        for label in ("NORMAL", "PNEUMONIA"):
+            assert len(list((out / split / label).glob("*.png"))) == n
+    assert len(list((out / "masks").rglob("*.png"))) == 8 and (out / "manifest.csv").is_file()
+    one_clean_line(cli("data", "synth", "--out", out), "not empty")
+
+
+def test_data_check_lists_every_file_and_fails_on_a_bad_one(tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    shutil.copy(SAMPLES / "NORMAL" / "NORMAL2-IM-1438-0001.jpeg", folder)
+    write_dicom(folder / "scan.dcm", read_xray(SAMPLES / "NORMAL" / "NORMAL2-IM-1438-0001.jpeg"))
+    (folder / "broken.jpeg").write_bytes((SAMPLES / "NORMAL" / "NORMAL2-IM-1438-0001.jpeg").read_bytes()[:5000])
+    result = cli("data", "check", folder)
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert any(line.startswith("OK") and "scan.dcm" in line and "1328x1104" in line for line in lines)
+    assert any(line.startswith("FAIL") and "broken.jpeg" in line and "truncated" in line for line in lines)
+    (folder / "broken.jpeg").unlink()
+    assert cli("data", "check", folder).exit_code == 0
+
+
+def test_predict_a_folder_mixing_good_and_broken_files(trained_model, tmp_path, monkeypatch):
+    uri, result = trained_model
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    folder = tmp_path / "in"
+    shutil.copytree(SAMPLES, folder, ignore=shutil.ignore_patterns("*.md"))
+    (folder / "NORMAL" / "deep").mkdir()
+    write_dicom(folder / "NORMAL" / "deep" / "scan.dcm", read_xray(SAMPLES / "NORMAL" / "NORMAL2-IM-1431-0001.jpeg"))
+    (folder / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (folder / "empty.jpeg").write_bytes(b"")
+    out = tmp_path / "preds.csv"
+    run = cli("predict", "--model-uri", f"models:/pneumonia-classifier/{result.version}", folder, "--out", out,
+              "--quiet")
+    assert run.exit_code == 1
+    frame = pd.read_csv(out, keep_default_na=False)
+    assert list(frame.columns) == ["path", "label", "probability", "confidence", "threshold", "model", "error"]
+    assert len(frame) == 11
+    failed = frame[frame["error"] != ""]
+    assert sorted(os.path.basename(p) for p in failed["path"]) == ["bad.png", "empty.jpeg"]
+    assert failed["error"].str.contains("empty file").any()
+    good = frame[frame["error"] == ""]
+    assert good["label"].isin(["NORMAL", "PNEUMONIA"]).all() and good["probability"].astype(float).between(0, 1).all()
+    assert good["model"].str.contains(f"pneumonia-classifier v{result.version}").all()
+    assert "9 predicted, 2 failed" in run.output and "research use, not for diagnosis" in run.output
+
+
+def test_explain_writes_one_png_per_input_and_fails_clearly_on_a_bad_file(trained_model, tmp_path, monkeypatch):
+    uri, result = trained_model
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    dicom = write_dicom(tmp_path / "scan.dcm", read_xray(SAMPLES / "PNEUMONIA" / "person1947_bacteria_4876.jpeg"))
+    jpeg = SAMPLES / "NORMAL" / "NORMAL2-IM-1436-0001.jpeg"
+    out = tmp_path / "cams"
+    ok = cli("explain", "--model-uri", f"models:/pneumonia-classifier/{result.version}", jpeg, dicom, "--out", out)
+    assert ok.exit_code == 0, ok.output
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["NORMAL2-IM-1436-0001_gradcam.png", "scan_gradcam.png"]
+    from PIL import Image
+    assert Image.open(out / pngs[0]).mode in ("RGB", "RGBA")
+    bad = tmp_path / "bad.jpeg"
+    bad.write_text("not an image")
+    failed = cli("explain", "--model-uri", f"models:/pneumonia-classifier/{result.version}", bad, "--out", out)
+    assert failed.exit_code == 1 and "bad.jpeg: not an image" in failed.output
+
+
+def test_python_dash_m_and_the_console_script_are_the_same_cli():
+    result = subprocess.run([sys.executable, "-m", "pneumo_ml", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    for command in ("train", "suite", "promote", "predict", "explain", "data"):
+        assert command in result.stdout
