@@ -113,7 +113,7 @@ class LoadedModel:
     description: str   # "pneumonia-classifier v3 (@champion), ResNet50_Aug"
 
 
-_CACHE: dict[str, object] = {}
+_CACHE: dict[tuple[str, str], object] = {}  # (tracking URI, version URI) -> Predictor
 _CACHE_LOCK = threading.Lock()
 
 
@@ -129,10 +129,10 @@ def load_model(uri: str) -> LoadedModel:
     if name is not None:
         key = f"models:/{name}/{version}"
     with _CACHE_LOCK:  # one load at a time: loading is slow and a second, parallel load would only waste memory
-        predictor = _CACHE.get(key)
+        predictor = _CACHE.get((tracking.tracking_uri(), key))
         if predictor is None:
             predictor = tracking.load_predictor(key, device="cpu")
-            _CACHE[key] = predictor
+            _CACHE[(tracking.tracking_uri(), key)] = predictor
     if name is None:
         return LoadedModel(predictor, tracking.describe_model_uri(uri))
     description = f"{name} v{version}" + (f" (@{alias})" if alias else "")
@@ -279,7 +279,7 @@ def _md(text: str) -> str:
 
 CSS = """
 #research-note { border-left: 4px solid #d97706; padding: 0.4em 0.8em; background: rgba(217, 119, 6, 0.08); }
-#error-box:not(:empty) { color: #b91c1c; }
+#error-box { color: #b91c1c; }
 #result-label h2 { margin: 0.2em 0; }
 """
 
@@ -314,10 +314,11 @@ def build_app(model_name: str = MODEL_NAME) -> gr.Blocks:
             with gr.Column():
                 input_image = gr.Image(label="Radiograph (as the model's reader decodes it)", type="numpy",
                                        image_mode="L", format="png", interactive=False, elem_id="input-image",
-                                       height=360)
+                                       height=360, buttons=["download", "fullscreen"])
             with gr.Column():
                 gradcam_image = gr.Image(label="Grad-CAM: evidence for PNEUMONIA (red = more)", type="numpy",
-                                         format="png", interactive=False, elem_id="gradcam-image", height=360)
+                                         format="png", interactive=False, elem_id="gradcam-image", height=360,
+                                         buttons=["download", "fullscreen"])
         samples = sample_files()
         if samples:
             gr.Examples(examples=[[str(p)] for p in samples], inputs=[upload], elem_id="examples",
@@ -326,8 +327,11 @@ def build_app(model_name: str = MODEL_NAME) -> gr.Blocks:
         gr.Markdown(ATTRIBUTION, elem_id="attribution")
 
         outputs = [input_image, result_label, result_details, gradcam_image, error_box]
-        upload.change(preview_file, inputs=upload, outputs=outputs, api_name="preview", show_progress="minimal")
-        predict_button.click(predict_file, inputs=[upload, picker], outputs=outputs, api_name="predict")
+        # One queue for both, first come first served: a preview never lands after (and wipes) a prediction.
+        upload.change(preview_file, inputs=upload, outputs=outputs, api_name="preview", show_progress="minimal",
+                      concurrency_id="xray")
+        predict_button.click(predict_file, inputs=[upload, picker], outputs=outputs, api_name="predict",
+                             concurrency_id="xray")
         refresh.click(lambda: _picker_update(model_name), outputs=[picker, model_status], api_name="models")
     return app
 
@@ -337,7 +341,7 @@ def launch(host: str = "127.0.0.1", port: int = 7860, model_name: str = MODEL_NA
     """Serve the demo (blocks until stopped unless prevent_thread_lock=True). Loopback and no share link by
     default: exposing it is an explicit choice (--host 0.0.0.0, --share)."""
     app = build_app(model_name)
-    app.queue(default_concurrency_limit=1)  # one CPU inference at a time; later requests wait in the queue
+    app.queue(default_concurrency_limit=1)  # one at a time (Grad-CAM hooks the shared model); others queue
     options = dict(server_name=host, server_port=port, share=share, show_error=False, css=CSS,
                    max_file_size=MAX_FILE_SIZE)
     options.update(kwargs)

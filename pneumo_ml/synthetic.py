@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 from scipy.ndimage import gaussian_filter
+from tqdm import tqdm
 
 DEFAULT_SIZE = 512
 DEFAULT_DIFFICULTY = 0.3
@@ -170,6 +171,7 @@ def _bone_band(inside, width, cortex):
 
 
 def _ribs(u, v, a, lung_sd):
+    """Posterior ribs (bright arcs with cortical rims) and the fainter anterior ribs."""
     lat = np.abs(u)
     wall = _lateral_edge(v, a) + 0.015
     # posterior ribs: parallel arcs (rise from the spine, then fall along the chest wall), indexed by
@@ -195,7 +197,7 @@ def _ribs(u, v, a, lung_sd):
 def _clavicles(u, v, a):
     lat = np.abs(u)
     # S-shaped: rising from the sternal end, flattening, then curving up to the acromion
-    centre = a["clav_v"] + a["clav_tilt"] * lat + 0.25 * np.sin((lat - 0.04) * (math.pi / 0.38)) * 0.06
+    centre = a["clav_v"] + a["clav_tilt"] * lat + 0.015 * np.sin((lat - 0.04) * (math.pi / 0.38))
     inside = 0.016 + 0.006 * _soft(lat - 0.3, 0.1) - np.abs(v - centre)
     return _bone_band(inside, 0.006, 0.004) * _soft(lat - 0.04, 0.015) * _soft(0.42 - lat, 0.04)
 
@@ -255,8 +257,8 @@ def _body(u, v, a):
     top = np.clip(v / a["shoulder_v"], 0, 1)
     shoulders = a["neck"] + (a["chest"] + 0.04 - a["neck"]) * np.sqrt(top * top * (3 - 2 * top))
     chest_wall = _lateral_edge(v, a) + a["chest"] - 0.375
-    width = np.where(v < a["shoulder_v"] + 0.1, shoulders, np.maximum(chest_wall, shoulders - 0.05 * (v - a["shoulder_v"] - 0.1) / 0.1))
-    width = np.minimum(width, shoulders)
+    below = np.maximum(v - a["shoulder_v"] - 0.1, 0)  # under the shoulders the outline narrows onto the chest wall
+    width = np.minimum(shoulders, np.maximum(chest_wall, shoulders - 0.5 * below))
     thickness = np.sqrt(np.clip(1 - (u / (width + 0.03)) ** 2, 0, 1)) * _soft(width - au, 0.02)
     if a["arms"]:
         inner = a["chest"] + a["arm_gap"]
@@ -369,10 +371,10 @@ def _lobar(rng, geo, size, edge):
     else:
         region = _soft((t - fissure) * height, fissure_edge) * _soft(0.27 - lat, 0.06)
         centre_t = rng.uniform(fissure + 0.1, 0.9)
-    centre = np.array([side * rng.uniform(0.13, 0.3), a["apex"] + centre_t * height])
+    cu, cv = side * rng.uniform(0.13, 0.3), a["apex"] + centre_t * height
     radius = size * rng.uniform(0.14, 0.24)
     wobble = _noise_field(rng, 14, u.shape, 1.0)
-    dist = np.hypot(u - centre[0], (v - centre[1]) * 0.8)
+    dist = np.hypot(u - cu, (v - cv) * 0.8)
     blob = _soft(radius * (1 + 0.25 * wobble) - dist, 2 * edge + 0.03)
     return region * blob * (side * u > 0)
 
@@ -382,6 +384,8 @@ def _patchy(rng, geo, size, edge):
     u, v, lung_sd = geo["u"], geo["v"], geo["lung_sd"]
     n = int(rng.integers(4, 13))
     inside = np.flatnonzero(lung_sd > 0.02)
+    if len(inside) == 0:  # a tiny render: fall back to the deepest lung pixel
+        inside = np.array([lung_sd.argmax()])
     if rng.uniform() < 0.5:
         anchor = inside[rng.integers(len(inside))]
         centres = np.array([[u.flat[anchor]], [v.flat[anchor]]]) + rng.normal(0, 0.06, (2, n))
@@ -434,7 +438,8 @@ def _lesion(rng, geo, difficulty):
     nodules = np.clip(0.5 + 0.35 * _noise_field(rng, 70, opacity.shape, 0.8), 0, 1)
     bronchi = np.exp(-((_noise_field(rng, 24, opacity.shape, 1.0) * (1 / 0.2)) ** 2))
     texture = (0.55 + 0.45 * nodules) * (1 - (0.3 if pattern == "lobar" else 0.1) * bronchi)
-    return density * opacity * geo["air"] * texture, pattern
+    # float32 throughout: the twin renders must stay bit-identical wherever the lesion is 0
+    return (density * opacity * geo["air"] * texture).astype(_F), pattern
 
 
 # ---------------------------------------------------------------- public API
@@ -498,8 +503,6 @@ def write_dataset(out, *, n_train=200, n_val=16, n_test=100, seed=0, size=DEFAUL
     The set is built in a temporary folder next to `out` and renamed into place when complete, so
     `out` either holds a whole data set or does not exist. An existing empty `out` is replaced.
     """
-    from tqdm import tqdm
-
     ext = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg"}.get(str(image_format).lower())
     if ext is None:
         raise ValueError(f"image_format must be 'png' or 'jpeg', not {image_format!r}")

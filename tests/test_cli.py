@@ -40,8 +40,7 @@ def tiny_args(**extra):
     (["train", "--config", "missing.yaml"], ["missing.yaml: config file not found"]),
     (["train", "--set", "colour=red"], ["unknown config key 'colour'"]),
     (["train", "--aug", "perhaps"], ["expected true or false"]),
-    (["train", "--model", "small_cnn", "--pretrained", "true", "--device", "cpu", "--image-size", "32"],
-     ["small_cnn has no pretrained weights"]),
+    (["train", "--model", "small_cnn", "--pretrained", "true", *tiny_args()], ["small_cnn has no pretrained weights"]),
     (["promote", "--metric", "test_auc"], ["validation metrics only"]),
     (["predict", "--model-uri", "models:/nothing/1", "x.png"], ["cannot load model"]),
 ])

@@ -83,7 +83,8 @@ def dicom_bytes(source: Path) -> bytes:
 
 # ---------------------------------------------------------------- in-process
 
-def test_dicom_and_bad_files_through_the_predict_function(trained_model, monkeypatch, tmp_path):
+def test_dicom_and_bad_files_through_the_predict_function(trained_model, server, monkeypatch, tmp_path):
+    # `server` only starts the demo subprocess here, so that it boots while the in-process tests run.
     from pneumo_ml import demo
     uri, result = trained_model
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -157,6 +158,9 @@ def test_model_picker_lists_versions_and_aliases(trained_model, monkeypatch, tmp
     _, label, details, _, error = demo.predict_file(str(SAMPLE_NORMAL), f"models:/{MODEL}@champion")
     assert error == "" and label.strip("# ") in ("NORMAL", "PNEUMONIA")
     assert f"v{first} \\(@champion\\), SmallCNN" in details
+    tracking.set_alias(MODEL, "champion", str(vit))
+    _, _, details, _, error = demo.predict_file(str(SAMPLE_NORMAL), f"models:/{MODEL}@champion")
+    assert error == "" and f"v{vit} \\(@champion\\), ViT\\_Tiny" in details  # Markdown-escaped
 
 
 def test_no_registered_model_still_starts_with_a_hint(monkeypatch, tmp_path):
@@ -180,7 +184,8 @@ def test_launch_binds_loopback_without_share_link_by_default(monkeypatch):
     assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
     seen = {}
     monkeypatch.setattr(demo, "build_app", lambda model_name: gr.Blocks(analytics_enabled=False))
-    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: seen.update(kwargs, analytics=self.analytics_enabled))
+    monkeypatch.setattr(gr.Blocks, "launch",
+                        lambda self, **kwargs: seen.update(kwargs, analytics=self.analytics_enabled))
     demo.launch()
     assert seen["server_name"] == "127.0.0.1" and seen["share"] is False and seen["analytics"] is False
     seen.clear()
@@ -260,7 +265,9 @@ def test_browser_upload_predict_gradcam_and_bad_file(server, trained_model, monk
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     model_uri = version_uri(result.version)
     want = expected(SAMPLE_PNEUMONIA, model_uri)  # computed while the server starts
-    want_normal = expected(SAMPLE_NORMAL, model_uri)
+    dcm = tmp_path / "normal.dcm"
+    dcm.write_bytes(dicom_bytes(SAMPLE_NORMAL))
+    want_dicom = expected(dcm, model_uri)
     truncated = tmp_path / "truncated.jpeg"
     truncated.write_bytes(SAMPLE_PNEUMONIA.read_bytes()[:20_000])
     server.wait_ready()
@@ -318,10 +325,15 @@ def test_browser_upload_predict_gradcam_and_bad_file(server, trained_model, monk
             expect(page.locator("#error-box")).to_contain_text("This file could not be read")
             assert "Traceback" not in page.content()
 
-            upload(SAMPLE_NORMAL)  # and the app still answers
+            upload(dcm)  # and the app still answers: a good upload, a DICOM this time
             expect(page.locator("#error-box")).to_have_text("")
             expect(page.locator("#input-image img")).to_be_visible()
-            predict_shows(want_normal["label"], want_normal["probability"])
+            predict_shows(want_dicom["label"], want_dicom["probability"])
+
+            page.locator("#examples").get_by_text(f"PNEUMONIA: {SAMPLE_PNEUMONIA.stem}").click()  # an example
+            expect(page.locator("#result-label")).to_have_text("")
+            expect(page.locator("#input-image img")).to_be_visible()
+            predict_shows(want["label"], want["probability"])
         finally:
             browser.close()
     outside = [u for u in requests if u.startswith(("http:", "https:", "ws:", "wss:"))
@@ -345,3 +357,6 @@ def test_gradio_client_predicts_a_dicom(server, trained_model, monkeypatch, tmp_
     assert f"{want['probability']:.4f}" in details
     with Image.open(gradcam) as cam, Image.open(shown) as image:
         assert cam.mode == "RGB" and cam.size == image.size
+    picked, status = client.predict(api_name="/models")  # the Refresh button
+    assert picked["value"] == version_uri(result.version) and "1 registered version" in status
+    assert [label.split(" · ")[0] for label, _ in picked["choices"]] == [f"v{result.version} SmallCNN"]

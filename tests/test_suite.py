@@ -41,7 +41,7 @@ def test_quick_suite_gives_four_children_comparison_and_aliases(tmp_path):
         {"SmallCNN", "ResNet50_Aug", "ResNet50_NoAug", "ViT_Tiny"}
     aliases = tracking.model_aliases("pneumonia-classifier")
     best = max(versions, key=lambda v: (float(v.tags["val_auc"]), -float(v.tags["val_loss"]), -int(v.version)))
-    assert aliases["champion"] == best.version
+    assert aliases["champion"] == str(best.version)
     assert "challenger" in aliases and aliases["challenger"] != aliases["champion"]
     champion = client.get_model_version("pneumonia-classifier", aliases["champion"])
     assert champion.tags["promotion.decision"] == "promoted to @champion" and champion.tags["promotion.reason"]
