@@ -173,10 +173,14 @@ def _config_of_run(run_id: str, options: dict):
 def suite(config_path, quick, no_quick, resume_run_id, quiet):
     """The seed's four experiments as child runs of one parent run, compared, registered, champion promoted."""
     from . import config as config_mod
-    from .suite import load_suite, run_suite, summary
-    path = config_path or config_mod.experiment_path("suite")
-    result = run_suite(load_suite(path), quick=bool(_flag(quick, no_quick)), progress=not quiet,
-                       resume_run_id=resume_run_id)
+    from .suite import load_suite, run_suite, suite_of_run, summary
+    quick = _flag(quick, no_quick)
+    if resume_run_id and not config_path:
+        suite_config, logged_quick = suite_of_run(resume_run_id)
+        quick = logged_quick if quick is None else quick
+    else:
+        suite_config = load_suite(config_path or config_mod.experiment_path("suite"))
+    result = run_suite(suite_config, quick=bool(quick), progress=not quiet, resume_run_id=resume_run_id)
     click.echo(summary(result))
     sys.exit(0 if any(o.status == "FINISHED" for o in result.outcomes) else 1)
 
@@ -320,6 +324,23 @@ def demo(host, port, model_name, share):
     """The Gradio demo (needs the [demo] extra): upload an X-ray, see label, confidence and Grad-CAM."""
     from .demo import launch
     launch(host=host, port=port, model_name=model_name, share=share)
+
+
+@main.command()
+@bool_option("quick", "Small sizes: a check that the benchmark runs, in a minute or two.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the figures as JSON.")
+@click.option("--models", default=None, help="Comma-separated subset of models [all four].")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--skip-suite", is_flag=True, help="Leave out the whole-suite timing.")
+def bench(quick, no_quick, json_path, models, device, skip_suite):
+    """Throughput of the model alone vs the real data path, pyfunc latency, and the suite's wall time."""
+    from .bench import format_table, run_bench
+    report = run_bench(quick=bool(_flag(quick, no_quick)), models=models.split(",") if models else None,
+                       device=device, suite=not skip_suite)
+    click.echo(format_table(report))
+    if json_path:
+        import json
+        Path(json_path).write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -63,6 +63,13 @@ def load_suite(path: str | Path) -> SuiteConfig:
     return suite
 
 
+def suite_of_run(run_id: str) -> tuple[SuiteConfig, bool]:
+    """The suite config and --quick flag a parent run was started with (to resume it as it was)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        suite = load_suite(tracking.RunLogger(run_id).download("suite.yaml", tmp))
+    return suite, tracking.get_run(run_id).data.params.get("quick") == "true"
+
+
 def plan(suite: SuiteConfig) -> list[tuple[str, int]]:
     return [(name, seed) for name in suite.experiments for seed in suite.seeds]
 
