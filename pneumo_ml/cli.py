@@ -145,8 +145,13 @@ def train(config_path, sets, resume_run_id, quiet, no_aug, no_register, no_skip_
     else:
         path = config_path or config_mod.default_experiment(options.get("model"), options.get("aug"))
         config = config_mod.load(path, **options)
-    result = run_experiment(config, resume_run_id=resume_run_id, progress=not quiet)
-    click.echo(summary_table(result))
+    from . import distributed
+    try:
+        result = run_experiment(config, resume_run_id=resume_run_id, progress=not quiet)
+    finally:
+        distributed.shutdown()
+    if distributed.from_env().is_main:
+        click.echo(summary_table(result))
 
 
 def _config_of_run(run_id: str, options: dict):

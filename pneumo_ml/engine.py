@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .loaders import BatchLoader
 from .metrics import roc_auc
 from .transforms import BatchTransform
@@ -67,38 +68,48 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 def train_one_epoch(model: nn.Module, loader: BatchLoader, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
                     transform: BatchTransform, *, epoch: int, seed: int, amp: bool = True,
-                    progress: bool = True) -> dict[str, float]:
+                    progress: bool = True, sync_every: int = 20) -> dict[str, float]:
+    """One pass over the (rank's share of the) training set. Loss and accuracy accumulate on the device and
+    are read back every `sync_every` batches, so the GPU is never stalled per step."""
     device = loader.device
     model.train()
     loader.set_epoch(epoch)
     torch.manual_seed(epoch_seed(seed, epoch))
     augment_rng = torch.Generator().manual_seed(epoch_seed(seed, epoch) + 1)
-    total_loss, correct, seen, start = 0.0, 0, 0, time.perf_counter()
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen, start = 0, time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch + 1} train", unit="batch", leave=False, disable=not progress)
-    for images, targets in bar:
+    for step, (images, targets) in enumerate(bar, 1):
         x = transform(images, augment_rng)
         with autocast(device, amp):
             logits = model(x)
             loss = loss_fn(logits.float(), targets)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"epoch {epoch + 1}: the training loss became {loss.item()} "
-                                     f"(try a lower --lr)")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        n = len(targets)
-        total_loss += loss.item() * n
-        correct += (logits.argmax(1) == targets).sum().item()
-        seen += n
-        bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
-    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1), "images": seen,
+        total_loss += loss.detach() * len(targets)
+        correct += (logits.detach().argmax(1) == targets).sum()
+        seen += len(targets)
+        if step % sync_every == 0 or step == len(loader):
+            _check_finite(total_loss, epoch)
+            bar.set_postfix(loss=f"{total_loss.item() / seen:.4f}", acc=f"{correct.item() / seen:.3f}")
+    _check_finite(total_loss, epoch)
+    loss_sum, right, count = distributed.all_sum([total_loss.item(), float(correct.item()), float(seen)], device)
+    return {"loss": loss_sum / max(count, 1), "accuracy": right / max(count, 1), "images": count,
             "seconds": time.perf_counter() - start}
+
+
+def _check_finite(total_loss: torch.Tensor, epoch: int) -> None:
+    if not torch.isfinite(total_loss):
+        raise NonFiniteLossError(f"epoch {epoch + 1}: the training loss became {total_loss.item()} "
+                                 f"(try a lower --lr)")
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: BatchLoader, loss_fn: nn.Module | None, transform: BatchTransform, *,
              amp: bool = True, progress: bool = False, desc: str = "eval") -> dict:
-    """Loss, accuracy at 0.5, and P(pneumonia) per image in the loader's order."""
+    """Loss, accuracy at 0.5, and P(pneumonia) per image in the data set's order (gathered from every rank)."""
     was_training = model.training
     model.eval()
     device = loader.device
@@ -113,8 +124,20 @@ def evaluate(model: nn.Module, loader: BatchLoader, loss_fn: nn.Module | None, t
     model.train(was_training)
     p = torch.cat(probs).numpy().astype(np.float64) if probs else np.zeros(0)
     t = torch.cat(targets).numpy() if targets else np.zeros(0, dtype=np.int64)
+    if loader.world_size > 1:
+        p, t, total_loss = _gathered(loader, p, t, total_loss)
     return {"loss": total_loss / max(len(t), 1), "accuracy": float(((p >= 0.5) == t).mean()) if len(t) else 0.0,
             "probs": p, "targets": t}
+
+
+def _gathered(loader: BatchLoader, probs: np.ndarray, targets: np.ndarray, loss_sum: float):
+    """Every rank's share put back in the data set's order."""
+    parts = distributed.all_gather((loader.indices().numpy(), probs, targets, loss_sum))
+    n = sum(len(part[0]) for part in parts)
+    all_probs, all_targets = np.zeros(n), np.zeros(n, dtype=np.int64)
+    for index, p, t, _ in parts:
+        all_probs[index], all_targets[index] = p, t
+    return all_probs, all_targets, sum(part[3] for part in parts)
 
 
 @dataclass

@@ -12,12 +12,13 @@ class BatchLoader:
     """Iterates (uint8 images (B, H, W), int64 targets (B,)) on `device`.
 
     The order is a pure function of (seed, epoch), so an interrupted run resumes on the same batches.
-    With `world_size` > 1 each rank takes its own shard (DistributedSampler's padding rule).
+    With `world_size` > 1 each rank takes its own shard (DistributedSampler's padding rule for training).
     On CUDA, batches are copied from pinned memory without blocking, one batch ahead.
     """
 
     def __init__(self, images: np.ndarray | torch.Tensor, targets, batch_size: int, *, shuffle: bool = False,
-                 seed: int = 0, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1):
+                 seed: int = 0, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
+                 pad: bool | None = None):
         self.images = torch.as_tensor(images)
         self.targets = torch.as_tensor(np.asarray(targets), dtype=torch.int64)
         if len(self.images) != len(self.targets):
@@ -27,6 +28,7 @@ class BatchLoader:
         self.seed = seed
         self.device = torch.device(device)
         self.rank, self.world_size = rank, world_size
+        self.pad = shuffle if pad is None else pad  # training shards pad to equal size; evaluation never repeats
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -39,9 +41,12 @@ class BatchLoader:
         else:
             order = torch.arange(n)
         if self.world_size > 1:
-            per_rank = -(-n // self.world_size)
-            padded = torch.cat([order, order[: per_rank * self.world_size - n]])
-            order = padded[self.rank::self.world_size]
+            if self.pad:
+                per_rank = -(-n // self.world_size)
+                order = torch.cat([order, order[: per_rank * self.world_size - n]])
+            # Strided shards: rank r's k-th batch and the other ranks' together are the single-process k-th
+            # batch of batch_size * world_size images.
+            order = order[self.rank::self.world_size]
         return order
 
     def __len__(self) -> int:

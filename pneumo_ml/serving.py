@@ -71,7 +71,7 @@ class PneumoniaClassifier(mlflow.pyfunc.PythonModel):
         device = config.get("device") or os.environ.get("PNEUMO_ML_DEVICE", "cpu")
         self.predictor = Predictor.from_files(context.artifacts["weights"], context.artifacts["model_card"], device)
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         params = params or {}
         try:
             images, errors = decode_rows(self.predictor, model_input)

@@ -157,6 +157,15 @@ class RunLogger:
         self.client.set_terminated(self.run_id, status)
 
 
+class NoRun:
+    """What ranks other than 0 hold instead of a run: every logging call does nothing."""
+
+    run_id = ""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
 def serving_signature() -> ModelSignature:
     return ModelSignature(
         inputs=Schema([ColSpec("string", "image")]),

@@ -4,6 +4,7 @@ The training itself is `engine` (no MLflow); everything logged goes through `tra
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import logging
@@ -20,10 +21,11 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from . import engine, metrics, plots, tracking
+from . import distributed, engine, metrics, plots, tracking
 from .cache import DecodedCache, shared_cache
 from .config import Config
 from .data import DataError, SplitTable, load_split
+from .errors import ConfigError
 from .devices import resolve_device
 from .loaders import BatchLoader
 from .models import create_model, normalization, unwrap
@@ -117,16 +119,25 @@ class Setup:
     std: tuple
 
 
-def build(config: Config, data: PreparedData, device: torch.device) -> Setup:
+def build(config: Config, data: PreparedData, device: torch.device,
+          world: distributed.World = distributed.World()) -> Setup:
+    if config.batch_size % world.size:
+        raise ConfigError(f"batch_size {config.batch_size} is the global batch: it must divide by the "
+                          f"{world.size} processes")
     model = create_model(config.model, config.pretrained, config.weights, image_size=config.image_size)
     mean, std = normalization(model)
     channels_last = device.type == "cuda" and config.channels_last
     model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
     counts = np.bincount(data.targets["train"], minlength=2).tolist()
-    loaders = {name: BatchLoader(data.images[name], data.targets[name], config.batch_size,
-                                 shuffle=name == "train", seed=config.seed, device=device)
+    loaders = {name: BatchLoader(data.images[name], data.targets[name], config.batch_size // world.size,
+                                 shuffle=name == "train", seed=config.seed, device=device, rank=world.rank,
+                                 world_size=world.size)
                for name in ("train", "val", "test")}
-    return Setup(model=model, trainable=torch.compile(model) if config.compile else model,
+    trainable = model
+    if world.active:
+        from torch.nn.parallel import DistributedDataParallel
+        trainable = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return Setup(model=model, trainable=torch.compile(trainable) if config.compile else trainable,
                  optimizer=torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay),
                  loss_fn=engine.make_loss(config.loss, counts, config.focal_gamma).to(device),
                  train_tf=BatchTransform(mean, std, augment=config.aug, channels_last=channels_last),
@@ -139,17 +150,27 @@ def run_experiment(config: Config, *, data: PreparedData | None = None, parent_r
     """Train and evaluate one configuration as one MLflow run; registers a model version if asked.
 
     A failure after the data is ready (weights, a diverging loss...) leaves a FAILED run saying why."""
-    device = resolve_device(config.device)
+    world, device = distributed.init(resolve_device(config.device))
+    if world.active and resume_run_id:
+        raise ConfigError("--resume runs in one process; resume without torchrun")
     seed_everything(config.seed, config.deterministic)
-    data = data or prepare_data(config, progress=progress)
+    if data is None:
+        if not world.is_main:
+            distributed.barrier()  # rank 0 writes the synthetic set and the disk cache first
+        data = prepare_data(config, progress=progress and world.is_main)
+        if world.is_main:
+            distributed.barrier()
+    progress = progress and world.is_main
     result = ExperimentResult("", config.name, config)
-    with tracking.start_run(config.name, parent_run_id=parent_run_id, resume_run_id=resume_run_id,
-                            tags={"pneumo_ml.model": config.model}) as run:
+    run_context = tracking.start_run(config.name, parent_run_id=parent_run_id, resume_run_id=resume_run_id,
+                                     tags={"pneumo_ml.model": config.model}) if world.is_main \
+        else contextlib.nullcontext(tracking.NoRun())
+    with run_context as run:
         result.run_id = run.run_id
-        setup = build(config, data, device)
+        setup = build(config, data, device, world)
         state = _resume_state(run, setup.model, setup.optimizer) if resume_run_id else None
         if state is None:
-            _log_setup(run, config, data, setup.weights_source, device)
+            _log_setup(run, config, data, setup.weights_source, device, world)
         last_checkpoint: dict = {}
 
         def on_epoch_end(fit_state: engine.FitState, row: dict) -> None:
@@ -168,14 +189,14 @@ def run_experiment(config: Config, *, data: PreparedData | None = None, parent_r
             raise
         result.timings["train_s"] = time.perf_counter() - start
         result.history, result.best_epoch = state.history, state.best_epoch
-        _evaluate_and_log(run, result, setup, config, data)
+        _evaluate_and_log(run, result, setup, config, data, world)
     return result
 
 
 def _log_setup(run: tracking.RunLogger, config: Config, data: PreparedData, weights_source: str,
-               device: torch.device) -> None:
+               device: torch.device, world: distributed.World) -> None:
     run.log_params({**config.to_dict(), "weights_source": weights_source, "device_type": device.type,
-                    "world_size": 1, **{f"split_{k}": len(v) for k, v in data.targets.items()}})
+                    "world_size": world.size, **{f"split_{k}": len(v) for k, v in data.targets.items()}})
     run.log_text(config.to_yaml(), "config.yaml")
     run.log_table(data.split.frame, "data/split.csv")
     digest = run.log_dataset(data.split.frame, name=f"split-{Path(str(config.data)).name}", source=data.split.root)
@@ -218,7 +239,8 @@ def _resume_state(run: tracking.RunLogger, model, optimizer) -> engine.FitState:
     return state
 
 
-def _evaluate_and_log(run, result: ExperimentResult, setup: Setup, config: Config, data: PreparedData) -> None:
+def _evaluate_and_log(run, result: ExperimentResult, setup: Setup, config: Config, data: PreparedData,
+                      world: distributed.World) -> None:
     model, loaders, eval_tf = setup.model, setup.loaders, setup.eval_tf
     start = time.perf_counter()
     val = engine.evaluate(model, loaders["val"], None, eval_tf, amp=config.amp)
@@ -238,13 +260,15 @@ def _evaluate_and_log(run, result: ExperimentResult, setup: Setup, config: Confi
                 continue
             final[f"{prefix}_{name}_ci_low"], final[f"{prefix}_{name}_ci_high"] = low, high
     result.timings["evaluate_s"] = time.perf_counter() - start
+    result.metrics = final
+    if not world.is_main:  # figures, Grad-CAM and the model come from rank 0 alone
+        return
     start = time.perf_counter()
     _log_plots(run, result, config)
     result.timings["plots_s"] = time.perf_counter() - start
     start = time.perf_counter()
     final.update(_log_gradcam(run, model, eval_tf, config, data, test, threshold))
     result.timings["gradcam_s"] = time.perf_counter() - start
-    result.metrics = final
     run.log_metrics(final)
     for name, part in (("test", test), ("val", val)):
         run.log_table(_predictions(data, name, part, threshold), f"predictions/{name}_predictions.csv")
