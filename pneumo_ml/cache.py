@@ -50,9 +50,11 @@ class DecodedCache:
         self._lock = threading.Lock()
 
     def load(self, paths: list[str], size: int, *, workers: int = 0, progress: bool = True,
-             desc: str = "decode") -> tuple[np.ndarray, list[DecodeFailure]]:
-        """(N, size, size) uint8 for `paths`; unreadable files come back as failures (their rows stay zero)."""
-        out = np.zeros((len(paths), size, size), dtype=np.uint8)
+             desc: str = "decode", out: np.ndarray | None = None) -> tuple[np.ndarray, list[DecodeFailure]]:
+        """(N, size, size) uint8 for `paths`; unreadable files come back as failures (their rows stay zero).
+
+        `out` may be a memory-mapped array (see `image_array`) for data sets larger than memory."""
+        out = np.zeros((len(paths), size, size), dtype=np.uint8) if out is None else out
         failures: list[DecodeFailure] = []
         misses: list[tuple[int, str, str | None]] = []
         for i, path in enumerate(paths):
@@ -152,12 +154,26 @@ def _decode_one(path: str, size: int) -> tuple[np.ndarray | None, str | None]:
         return None, str(e)
 
 
+def image_array(n: int, size: int, *, spill_dir: Path, max_bytes: int = DEFAULT_MEMORY_BYTES,
+                name: str = "images") -> np.ndarray:
+    """Room for n decoded images: in memory when it fits in `max_bytes`, else a .npy memory map under
+    `spill_dir`, which the loader then reads batch by batch (the OS keeps only what is in use)."""
+    if n * size * size <= max_bytes:
+        return np.zeros((n, size, size), dtype=np.uint8)
+    spill_dir.mkdir(parents=True, exist_ok=True)
+    path = spill_dir / f"{name}-{os.getpid()}-{n}x{size}.npy"
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(n, size, size))
+    os.unlink(path)  # the mapping keeps the data; nothing is left behind when the process ends
+    return array
+
+
 _shared: DecodedCache | None = None
 
 
-def shared_cache(root: str | os.PathLike | None = None) -> DecodedCache:
+def shared_cache(root: str | os.PathLike | None = None, max_bytes: int = DEFAULT_MEMORY_BYTES) -> DecodedCache:
     """The process-wide cache: a suite's experiments decode each image once between them."""
     global _shared
     if _shared is None or (root and _shared.root != Path(root).expanduser()):
         _shared = DecodedCache(root)
+    _shared.max_bytes = max_bytes
     return _shared

@@ -53,6 +53,7 @@ class Config:
     compile: bool = False
     workers: int = 0  # decode processes for the cold cache; 0 = one per core
     cache_dir: str | None = None  # on-disk decoded-image cache; None = memory only
+    memory_limit_gb: float = 8.0  # decoded images beyond this are memory-mapped from disk, not held in RAM
     # Evaluation and logging.
     bootstrap: int = 1000
     gradcam_images: int = 8
@@ -178,5 +179,6 @@ def _validate(c: Config) -> None:
     need(c.patience >= 0, "patience: must be 0 (off) or more")
     need(c.workers >= 0, "workers: must be 0 (one per core) or more")
     need(c.bootstrap >= 0, "bootstrap: must be 0 (off) or more")
+    need(c.memory_limit_gb > 0, "memory_limit_gb: must be positive")
     if c.synthetic_difficulty is not None:
         need(0.0 <= c.synthetic_difficulty <= 1.0, "synthetic_difficulty: must lie in [0, 1]")

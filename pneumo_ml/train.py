@@ -22,9 +22,9 @@ import torch
 from PIL import Image
 
 from . import distributed, engine, metrics, plots, tracking
-from .cache import DecodedCache, shared_cache
+from .cache import DecodedCache, image_array, shared_cache
 from .config import Config
-from .data import DataError, SplitTable, load_split
+from .data import DataError, SplitTable, cache_root, load_split
 from .errors import ConfigError
 from .devices import resolve_device
 from .loaders import BatchLoader
@@ -68,17 +68,20 @@ def prepare_data(config: Config, cache: DecodedCache | None = None, progress: bo
     start = time.perf_counter()
     split = load_split(config.data, n_train=config.n_train, n_val=config.n_val, n_test=config.n_test,
                        seed=0, synthetic_difficulty=config.synthetic_difficulty)
-    cache = cache or shared_cache(config.cache_dir)
+    cache = cache or shared_cache(config.cache_dir, max_bytes=int(config.memory_limit_gb * 2**30))
     images, targets, skipped = {}, {}, []
     frame = split.frame
     for name in ("train", "val", "test"):
         part = split.part(name)
+        room = image_array(len(part), config.image_size, spill_dir=cache_root() / "arrays", name=name,
+                           max_bytes=int(config.memory_limit_gb * 2**30))
         array, failures = cache.load(part["path"].tolist(), config.image_size, workers=config.workers,
-                                     progress=progress, desc=f"decode {name}")
+                                     progress=progress, desc=f"decode {name}", out=room)
         bad = [f.index for f in failures]
         skipped += [{"split": name, "path": f.path, "reason": f.reason} for f in failures]
         keep = np.setdiff1d(np.arange(len(part)), bad)
-        images[name], targets[name] = array[keep], part["target"].to_numpy()[keep]
+        images[name] = array[keep] if bad else array  # a memory map stays one unless files were skipped
+        targets[name] = part["target"].to_numpy()[keep]
     skipped_frame = pd.DataFrame(skipped, columns=["split", "path", "reason"])
     if len(skipped_frame) and not config.skip_bad:
         listing = "\n".join(f"  {row.path}: {row.reason}" for row in skipped_frame.itertuples())

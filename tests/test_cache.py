@@ -53,3 +53,16 @@ def test_memory_is_bounded():
     cache = DecodedCache(max_bytes=3 * 32 * 32)
     cache.load(FILES, 32, workers=1, progress=False)
     assert cache._bytes <= 3 * 32 * 32 and len(cache._memory) == 3
+
+
+def test_a_data_set_larger_than_the_memory_limit_streams_from_a_memory_map(tiny_config):
+    """Past memory_limit_gb the decoded images live in a memory-mapped file the loader reads batch by batch."""
+    from pneumo_ml.train import prepare_data, run_experiment
+    cfg = tiny_config(memory_limit_gb=1e-6, register=False)
+    data = prepare_data(cfg, progress=False)
+    assert all(isinstance(images, np.memmap) for images in data.images.values())
+    in_memory = prepare_data(tiny_config(), progress=False)
+    for name in ("train", "val", "test"):
+        np.testing.assert_array_equal(np.asarray(data.images[name]), in_memory.images[name])
+    result = run_experiment(cfg, data=data, progress=False)
+    assert len(result.history) == cfg.epochs and 0 <= result.metrics["test_auc"] <= 1
