@@ -88,8 +88,13 @@ def ensure_synthetic(*, n_train: int, n_val: int, n_test: int, seed: int, diffic
     root = cache_root() / "synthetic" / f"seed{seed}-d{difficulty:g}-{sizes[0]}-{sizes[1]}-{sizes[2]}"
     if not (root / "manifest.csv").is_file():
         log.info("generating the synthetic data set into %s", root)
-        synthetic.write_dataset(root, n_train=sizes[0], n_val=sizes[1], n_test=sizes[2], seed=seed,
-                                difficulty=difficulty, workers=min(4, os.cpu_count() or 1))
+        try:
+            synthetic.write_dataset(root, n_train=sizes[0], n_val=sizes[1], n_test=sizes[2], seed=seed,
+                                    difficulty=difficulty, workers=min(4, os.cpu_count() or 1))
+        except OSError:
+            # Another process (a parallel run, another rank) wrote the same set first: theirs is identical.
+            if not (root / "manifest.csv").is_file():
+                raise
     return root
 
 

@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import tempfile
+import time
 import re
 import warnings
 from importlib import metadata
@@ -124,8 +125,17 @@ class RunLogger:
         """The split manifest as an MLflow dataset input (with its digest); returns the digest."""
         dataset = mlflow.data.from_pandas(frame, source=source, name=name, targets="label")
         entity = dataset._to_mlflow_entity()
-        self.client.log_inputs(self.run_id, datasets=[
-            DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)])])
+        inputs = [DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)])]
+        for attempt in range(5):
+            try:
+                self.client.log_inputs(self.run_id, datasets=inputs)
+                break
+            except MlflowException as e:
+                # MLflow's SQL store checks then inserts a data set: runs logging the same split at the same
+                # moment collide on its UNIQUE key. Logging an input again is harmless, so try again.
+                if "UNIQUE" not in str(e) and "IntegrityError" not in str(e) or attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
         return entity.digest
 
     def download(self, artifact_path: str, dst: str | os.PathLike) -> Path:
@@ -142,8 +152,11 @@ class RunLogger:
         with tempfile.TemporaryDirectory() as tmp:
             code = Path(tmp) / "pneumo_ml"
             shutil.copytree(PACKAGE_DIR, code, ignore=shutil.ignore_patterns("__pycache__", "samples", "*.pyc"))
+            # The model record goes in its run's experiment (by default MLflow files it under "Default").
+            logged = mlflow.initialize_logged_model(name="model", source_run_id=self.run_id,
+                                                    experiment_id=self.client.get_run(self.run_id).info.experiment_id)
             info = Model.log(
-                artifact_path=None, name="model", flavor=mlflow.pyfunc, run_id=self.run_id,
+                artifact_path=None, name="model", flavor=mlflow.pyfunc, run_id=self.run_id, model_id=logged.model_id,
                 python_model=str(PACKAGE_DIR / "pyfunc_model.py"),
                 artifacts={"weights": str(weights), "model_card": str(card)},
                 code_paths=[str(code)], pip_requirements=serving_requirements(),
@@ -187,7 +200,6 @@ def serving_requirements() -> list[str]:
 
 
 def _now_ms() -> int:
-    import time
     return int(time.time() * 1000)
 
 
@@ -351,8 +363,6 @@ def promote(name: str = MODEL_NAME, *, metric: str = "val_auc", alias: str = "ch
             challenger: str | None = "challenger"):
     """Set `alias` on the validation winner if it beats the current holder by `margin`; `challenger` on the
     runner-up; the decision and its reason go on the winner's version tags."""
-    import time
-
     from .promotion import Candidate, check_metric, decide
     check_metric(metric)
     versions = model_versions(name)
