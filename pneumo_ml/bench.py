@@ -190,10 +190,11 @@ def model_only_img_per_s(model, optimizer, loss_fn, sizes: Sizes, device: torch.
 
 def end_to_end(model, optimizer, loss_fn, paths: list[str], targets: np.ndarray, sizes: Sizes,
                device: torch.device) -> dict:
-    """Epochs through the real path, each one `DecodedCache.load` + `engine.train_one_epoch` on a fresh cache.
+    """Epochs through the real path, each one `DecodedCache.load` + `engine.train_one_epoch`, on a cache made
+    fresh for this model.
 
     Epoch 1 finds the cache cold (every file hashed and decoded in worker processes); later epochs find it warm
-    (memory hits). Per epoch: seconds, the decode part, and the cache statistics it moved.
+    (memory hits, nothing decoded). Per epoch: seconds, the decode part, and the cache statistics it moved.
     """
     from . import engine
     from .cache import DecodedCache
@@ -546,9 +547,9 @@ def _say(progress: bool, message: str) -> None:
 def _isolated_tracking(tmp: Path) -> Iterator[None]:
     """A temporary SQLite tracking store and registry, data cache and working folder under `tmp`; all restored.
 
-    The working folder moves too: MLflow puts artifacts of models logged outside an active experiment (the
-    pyfunc's logged models go to experiment 0) under ./mlruns of the working folder at store creation.
-    ./experiments stays visible through a link, so the suite reads the same YAML files.
+    The working folder moves too: a SQLite store's default artifact root (experiment 0's) is ./mlruns of the
+    working folder, so nothing may be left there. ./experiments stays visible through a link, so the suite reads
+    the same YAML files.
     """
     import mlflow
     from mlflow.tracking import MlflowClient

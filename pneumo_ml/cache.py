@@ -5,6 +5,7 @@ worker processes; this module stays free of torch so that those workers start fa
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import multiprocessing
 import os
@@ -136,15 +137,30 @@ class DecodedCache:
                     yield (i, key, *_decode_one(path, size))
                     bar.update()
                 return
-            context = multiprocessing.get_context("forkserver")
             chunk = max(1, min(32, len(misses) // (workers * 4)))
-            with ProcessPoolExecutor(workers, mp_context=context) as pool:
-                results = pool.map(_decode_one, [p for _, p, _ in misses], [size] * len(misses), chunksize=chunk)
-                for (i, _, key), result in zip(misses, results):
-                    yield (i, key, *result)
-                    bar.update()
+            results = decode_pool(workers).map(_decode_one, [p for _, p, _ in misses], [size] * len(misses),
+                                               chunksize=chunk)
+            for (i, _, key), result in zip(misses, results):
+                yield (i, key, *result)
+                bar.update()
         finally:
             bar.close()
+
+
+_pools: dict[int, ProcessPoolExecutor] = {}
+
+
+def decode_pool(workers: int) -> ProcessPoolExecutor:
+    """One pool of decoder processes per process, started once and reused by every load.
+
+    Forkserver (safe beside torch's threads) with this module preloaded: each worker is a fork of a server
+    that has already imported numpy, PIL and pydicom, so starting one costs milliseconds, not an import."""
+    if workers not in _pools:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        _pools[workers] = ProcessPoolExecutor(workers, mp_context=context)
+        atexit.register(_pools[workers].shutdown, wait=False, cancel_futures=True)
+    return _pools[workers]
 
 
 def _decode_one(path: str, size: int) -> tuple[np.ndarray | None, str | None]:

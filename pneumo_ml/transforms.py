@@ -23,13 +23,16 @@ class BatchTransform:
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         self.augment = augment
         self.channels_last = channels_last
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         x = batch.to(torch.float32).div_(255.0).unsqueeze(1)
         if self.augment:
             x = augment_batch(x, generator)
         x = x.expand(-1, 3, -1, -1)
-        mean, std = self.mean.to(x.device), self.std.to(x.device)
+        if x.device not in self._on_device:  # copied once: a host-to-device copy per batch stalls the GPU
+            self._on_device[x.device] = (self.mean.to(x.device), self.std.to(x.device))
+        mean, std = self._on_device[x.device]
         x = (x - mean) / std
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -47,9 +50,13 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None) -> 
     brightness = 1 + (torch.rand(n, generator=generator) * 2 - 1) * BRIGHTNESS
     cos, sin = torch.cos(angle), torch.sin(angle)
     sign = torch.where(flip, -1.0, 1.0)
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0], theta[:, 0, 1] = cos * sign, -sin
-    theta[:, 1, 0], theta[:, 1, 1] = sin * sign, cos
-    grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
+    params = torch.zeros(n, 7)  # the 2x3 affine matrix and the brightness factor: one small copy per batch
+    params[:, 0], params[:, 1] = cos * sign, -sin
+    params[:, 3], params[:, 4] = sin * sign, cos
+    params[:, 6] = brightness
+    if x.is_cuda:
+        params = params.pin_memory().to(x.device, non_blocking=True)
+    theta, factor = params[:, :6].view(n, 2, 3), params[:, 6].view(n, 1, 1, 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return (x * brightness.to(x.device).view(n, 1, 1, 1)).clamp_(0.0, 1.0)
+    return (x * factor).clamp_(0.0, 1.0)

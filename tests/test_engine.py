@@ -119,5 +119,7 @@ def test_loader_order_depends_only_on_seed_and_epoch_and_shards_cover_everything
     assert not torch.equal(first, loader.indices())
     loader.set_epoch(1)
     assert torch.equal(first, loader.indices())
-    shards = [BatchLoader(images, targets, 4, rank=r, world_size=3).indices() for r in range(3)]
-    assert len({len(s) for s in shards}) == 1 and set(torch.cat(shards).tolist()) == set(range(10))
+    train = [BatchLoader(images, targets, 4, shuffle=True, rank=r, world_size=3).indices() for r in range(3)]
+    assert len({len(s) for s in train}) == 1 and set(torch.cat(train).tolist()) == set(range(10))  # padded
+    evaluation = [BatchLoader(images, targets, 4, rank=r, world_size=3).indices() for r in range(3)]
+    assert sorted(torch.cat(evaluation).tolist()) == list(range(10))  # every image exactly once
