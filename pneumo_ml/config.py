@@ -175,7 +175,8 @@ def _validate(c: Config) -> None:
     need(c.image_size >= 16 and c.image_size % 16 == 0 if c.model == "vit_tiny" else c.image_size >= 16,
          "image_size: must be at least 16 (and a multiple of 16 for vit_tiny)")
     for split in ("n_train", "n_val", "n_test"):
-        need(getattr(c, split) >= 2, f"{split}: needs at least 2 images (one per class)")
+        need(getattr(c, split) == 0 or getattr(c, split) >= 2,
+             f"{split}: needs at least 2 images (one per class), or 0 for all")
     need(c.patience >= 0, "patience: must be 0 (off) or more")
     need(c.workers >= 0, "workers: must be 0 (one per core) or more")
     need(c.bootstrap >= 0, "bootstrap: must be 0 (off) or more")

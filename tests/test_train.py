@@ -102,3 +102,43 @@ def test_model_is_logged_with_weights_signature_example_and_explicit_requirement
     import torch
     state = torch.load(Path(local) / "artifacts" / "weights.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+def _kermany_with_broken_files(root):
+    import shutil
+    for split, count in (("train", 3), ("val", 1), ("test", 1)):
+        for label in ("NORMAL", "PNEUMONIA"):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for i, sample in enumerate(sorted((SAMPLES / label).glob("*.jpeg"))[:count]):
+                shutil.copy(sample, folder / f"{split}-{i}-{sample.name}")
+    (root / "train" / "NORMAL" / "IM-9001-0001.jpeg").write_bytes(b"")
+    (root / "train" / "PNEUMONIA" / "person9002_bacteria_1.jpeg").write_text("not an image")
+    return root
+
+
+def test_unreadable_training_files_stop_the_run_before_any_epoch_listing_them_all(tiny_config, tmp_path):
+    from pneumo_ml.errors import DataError
+    root = _kermany_with_broken_files(tmp_path / "data")
+    cfg = tiny_config(data=str(root), n_train=0, n_val=0, n_test=0, register=False)
+    with pytest.raises(DataError) as info:
+        run_experiment(cfg, progress=False)
+    message = str(info.value)
+    assert "2 unreadable image(s)" in message and "--skip-bad" in message
+    assert "IM-9001-0001.jpeg: empty file" in message and "person9002_bacteria_1.jpeg: not an image" in message
+    assert not MlflowClient().search_experiments(filter_string="name = 'pneumonia-detection'") or \
+        not MlflowClient().search_runs([tracking.experiment_id()])  # no run was started
+
+
+def test_skip_bad_skips_counts_and_logs_the_unreadable_files(tiny_config, tmp_path):
+    root = _kermany_with_broken_files(tmp_path / "data")
+    result = run_experiment(tiny_config(data=str(root), n_train=0, n_val=0, n_test=0, register=False,
+                                        skip_bad=True), progress=False)
+    client = MlflowClient()
+    run = client.get_run(result.run_id)
+    assert run.data.metrics["n_skipped"] == 2
+    skipped = pd.read_csv(client.download_artifacts(result.run_id, "data/skipped.csv"))
+    assert sorted(skipped["path"].map(lambda p: p.rsplit("/", 1)[-1])) == ["IM-9001-0001.jpeg",
+                                                                            "person9002_bacteria_1.jpeg"]
+    split = pd.read_csv(client.download_artifacts(result.run_id, "data/split.csv"))
+    assert len(split) == 10 and not split["path"].isin(skipped["path"]).any()
