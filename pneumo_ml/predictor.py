@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -53,6 +54,8 @@ class Predictor:
         self.card = card
         self.batch_size = batch_size
         self.transform = BatchTransform(card.mean, card.std)
+        # Grad-CAM hooks the model's layers while it runs: a server's concurrent requests take turns.
+        self._lock = threading.Lock()
 
     @classmethod
     def from_files(cls, weights: str | os.PathLike, card: str | os.PathLike, device: str = "cpu") -> Predictor:
@@ -69,15 +72,17 @@ class Predictor:
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """P(pneumonia) for uint8 (N, size, size) images."""
         out = []
-        for start in range(0, len(images), self.batch_size):
-            batch = torch.as_tensor(np.ascontiguousarray(images[start:start + self.batch_size])).to(self.device)
-            logits = self.model(self.transform(batch)).float()
-            out.append(torch.softmax(logits, 1)[:, 1].cpu().numpy())
+        with self._lock:
+            for start in range(0, len(images), self.batch_size):
+                batch = torch.as_tensor(np.ascontiguousarray(images[start:start + self.batch_size]))
+                logits = self.model(self.transform(batch.to(self.device))).float()
+                out.append(torch.softmax(logits, 1)[:, 1].cpu().numpy())
         return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 
     def heatmaps(self, images: np.ndarray) -> np.ndarray:
         from .explain import gradcam
-        return gradcam(self.model, self.card.architecture, images, self.transform, target=1, device=self.device)
+        with self._lock:
+            return gradcam(self.model, self.card.architecture, images, self.transform, target=1, device=self.device)
 
     def predict(self, images: np.ndarray, *, threshold: float | None = None, gradcam: bool = False) -> list[dict]:
         """One result per image: label, probability, confidence, threshold, model (and gradcam_png)."""

@@ -12,7 +12,7 @@ def resize_xray(image: np.ndarray, size: int) -> np.ndarray:
     if image.shape == (size, size):
         return np.ascontiguousarray(image, dtype=np.uint8)
     resized = Image.fromarray(image).resize((size, size), Image.BILINEAR, reducing_gap=2.0)
-    return np.asarray(resized, dtype=np.uint8)
+    return np.array(resized, dtype=np.uint8)  # writable: torch warns about read-only arrays
 
 
 def decode_resized(src, size: int, *, name: str | None = None) -> np.ndarray:
