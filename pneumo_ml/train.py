@@ -27,13 +27,14 @@ from .config import Config
 from .data import DataError, SplitTable, cache_root, load_split
 from .errors import ConfigError
 from .devices import resolve_device
+from .io import read_xray
 from .loaders import BatchLoader
 from .models import create_model, normalization, unwrap
 from .predictor import ModelCard
 from .transforms import BatchTransform
 
 log = logging.getLogger(__name__)
-FINAL_CI = metrics.CI_METRICS
+DATA_SEED = 0  # the split is drawn once: every experiment and every training seed sees the same images
 
 
 @dataclass
@@ -67,7 +68,7 @@ def prepare_data(config: Config, cache: DecodedCache | None = None, progress: bo
     """Split the source by the protocol and decode every image once (unreadable files: error, or skipped)."""
     start = time.perf_counter()
     split = load_split(config.data, n_train=config.n_train, n_val=config.n_val, n_test=config.n_test,
-                       seed=0, synthetic_difficulty=config.synthetic_difficulty)
+                       seed=DATA_SEED, synthetic_difficulty=config.synthetic_difficulty)
     cache = cache or shared_cache(config.cache_dir, max_bytes=int(config.memory_limit_gb * 2**30))
     images, targets, skipped = {}, {}, []
     frame = split.frame
@@ -103,7 +104,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.benchmark = not deterministic  # fixed input sizes: let cuDNN pick its fastest kernels
 
 
 @dataclass
@@ -309,44 +310,35 @@ def _log_plots(run, result: ExperimentResult, config: Config) -> None:
 
 
 def _log_gradcam(run, model, eval_tf, config: Config, data: PreparedData, test: dict, threshold: float) -> dict:
-    """The Grad-CAM grid and overlays; on data with lesion masks, the localisation scores."""
+    """The Grad-CAM grid and overlays; on data with lesion masks, the localisation scores.
+
+    One Grad-CAM pass covers both: the grid's examples and every PNEUMONIA test image with a mask."""
     if config.gradcam_images <= 0:
         return {}
     from . import explain
 
-    images = data.images["test"]
+    images, part = data.images["test"], data.split.part("test")
     picks = explain.pick_examples(test["targets"], test["probs"], threshold,
                                   per_kind=max(1, config.gradcam_images // 4))
+    masked = [i for i in range(len(part)) if test["targets"][i] == 1 and isinstance(part["mask"].iloc[i], str)]
+    wanted = sorted({i for i, _ in picks} | set(masked))
+    maps = dict(zip(wanted, explain.gradcam(unwrap(model), config.model, images[wanted], eval_tf, target=1)))
     index = [i for i, _ in picks]
-    maps = explain.gradcam(unwrap(model), config.model, images[index], eval_tf, target=1)
     titles = [f"{kind}  true {plots.CLASS_NAMES[test['targets'][i]]}\n"
               f"pred {plots.CLASS_NAMES[int(test['probs'][i] >= threshold)]}  p={test['probs'][i]:.2f}"
               for i, kind in picks]
-    run.log_figure(explain.gradcam_grid(images[index], maps, titles), "plots/gradcam.png")
+    run.log_figure(explain.gradcam_grid(images[index], [maps[i] for i in index], titles), "plots/gradcam.png")
     with tempfile.TemporaryDirectory() as tmp:
-        part = data.split.part("test")
-        for (i, kind), heat in zip(picks, maps):
-            stem = Path(part["path"].iloc[i]).stem if len(part) == len(images) else str(i)
-            explain.save_overlay(Path(tmp) / f"{kind}_{stem}.png", images[i], heat,
+        for i, kind in picks:
+            explain.save_overlay(Path(tmp) / f"{kind}_{Path(part['path'].iloc[i]).stem}.png", images[i], maps[i],
                                  title=f"{kind} p={test['probs'][i]:.2f}")
         run.log_dir(tmp, "gradcam")
-    return _localisation(model, eval_tf, config, data, test)
-
-
-def _localisation(model, eval_tf, config: Config, data: PreparedData, test: dict) -> dict:
-    from . import explain
-    from .preprocess import resize_xray
-    from .io import read_xray
-
-    part = data.split.part("test")
-    if "mask" not in part or len(part) != len(test["targets"]):
+    if not masked:
         return {}
-    rows = [i for i in range(len(part)) if test["targets"][i] == 1 and isinstance(part["mask"].iloc[i], str)]
-    if not rows:
-        return {}
-    masks = np.stack([resize_xray(read_xray(part["mask"].iloc[i]), config.image_size) for i in rows])
-    maps = explain.gradcam(unwrap(model), config.model, data.images["test"][rows], eval_tf, target=1)
-    return explain.localisation_scores(maps, masks)
+    size = (config.image_size, config.image_size)
+    masks = np.stack([np.asarray(Image.fromarray(read_xray(part["mask"].iloc[i])).resize(size, Image.NEAREST))
+                      for i in masked])
+    return explain.localisation_scores(np.stack([maps[i] for i in masked]), masks)
 
 
 def _log_and_register_model(run, result: ExperimentResult, setup: Setup, config: Config, data: PreparedData) -> None:
@@ -365,11 +357,10 @@ def _log_and_register_model(run, result: ExperimentResult, setup: Setup, config:
         m = result.metrics
         tags = {"experiment": config.name, "architecture": config.model, "run_id": run.run_id,
                 "weights_source": weights_source, "val_threshold": f"{result.threshold:.4f}"}
-        for key in ("auc", "loss", "accuracy"):
-            value = m.get(f"best_val_{key}", math.nan)
-            if key == "loss":
-                value = next((r["val_loss"] for r in result.history if r["epoch"] == result.best_epoch), math.nan)
-            tags[f"val_{key}"] = f"{value:.6f}"
+        best = next((r for r in result.history if r["epoch"] == result.best_epoch), {})
+        validation = {"val_auc": m.get("best_val_auc"), "val_accuracy": m.get("best_val_accuracy"),
+                      "val_loss": best.get("val_loss")}  # what promotion ranks versions by
+        tags.update({k: f"{math.nan if v is None else v:.6f}" for k, v in validation.items()})
         for key in ("test_auc", "test_accuracy", "test_tuned_accuracy", "test_sensitivity", "test_specificity"):
             tags[key] = f"{m.get(key, math.nan):.6f}"
         version = tracking.register(result.model_uri, name=config.registered_model_name, tags=tags)

@@ -64,8 +64,9 @@ def trained_model(session_dir, tmp_path_factory):
     return uri, result
 
 
-def write_dicom(path, pixels, monochrome1: bool = False):
-    """A real DICOM file (Secondary Capture, explicit VR little endian) holding uint8 `pixels`."""
+def write_dicom(path, pixels, monochrome1: bool = False, bits: int = 8):
+    """A real DICOM file (Secondary Capture, explicit VR little endian): uint8 `pixels`, or with bits=12 the
+    same picture stored as 12-bit values in 16-bit words (as CR/DX scanners write them)."""
     import numpy as np
     from pydicom.dataset import FileMetaDataset, Dataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -79,10 +80,13 @@ def write_dicom(path, pixels, monochrome1: bool = False):
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.Modality = "CR"
     ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 8, 8, 7, 0
+    allocated = 8 if bits == 8 else 16
+    ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = \
+        1, allocated, bits, bits - 1, 0
     ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
     data = (255 - pixels) if monochrome1 else pixels
-    ds.PixelData = np.ascontiguousarray(data, dtype=np.uint8).tobytes()
+    data = data.astype(np.uint16) << (bits - 8) if bits > 8 else data
+    ds.PixelData = np.ascontiguousarray(data, dtype=f"<u{allocated // 8}").tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
 

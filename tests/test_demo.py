@@ -6,7 +6,6 @@ The browser test fails, not skips, when Chromium or Playwright is missing: CI in
 """
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import socket
@@ -21,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SAMPLES
+from conftest import SAMPLES, write_dicom
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
@@ -59,26 +58,12 @@ def expected(path: Path | bytes, uri: str) -> dict:
 
 
 def dicom_bytes(source: Path) -> bytes:
-    """A 12-bit MONOCHROME2 DICOM (explicit VR little endian) carrying a sample radiograph's pixels."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    """A 12-bit MONOCHROME2 DICOM carrying a sample radiograph's pixels."""
+    import tempfile
 
     from pneumo_ml.io import read_xray
-    pixels = read_xray(source).astype(np.uint16) * 16
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.SamplesPerPixel, ds.PhotometricInterpretation = "CR", 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.Rows, ds.Columns = pixels.shape
-    ds.PixelData = pixels.astype("<u2").tobytes()
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+    with tempfile.TemporaryDirectory() as tmp:
+        return write_dicom(Path(tmp) / "x.dcm", read_xray(source), bits=12).read_bytes()
 
 
 # ---------------------------------------------------------------- in-process
