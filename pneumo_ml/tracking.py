@@ -126,16 +126,7 @@ class RunLogger:
         dataset = mlflow.data.from_pandas(frame, source=source, name=name, targets="label")
         entity = dataset._to_mlflow_entity()
         inputs = [DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)])]
-        for attempt in range(5):
-            try:
-                self.client.log_inputs(self.run_id, datasets=inputs)
-                break
-            except MlflowException as e:
-                # MLflow's SQL store checks then inserts a data set: runs logging the same split at the same
-                # moment collide on its UNIQUE key. Logging an input again is harmless, so try again.
-                if "UNIQUE" not in str(e) and "IntegrityError" not in str(e) or attempt == 4:
-                    raise
-                time.sleep(0.2 * (attempt + 1))
+        _retry_on_unique_clash(lambda: self.client.log_inputs(self.run_id, datasets=inputs))
         return entity.digest
 
     def download(self, artifact_path: str, dst: str | os.PathLike) -> Path:
@@ -305,7 +296,19 @@ def alias_version(name: str, alias: str) -> str | None:
 
 
 def set_alias(name: str, alias: str, version: str) -> None:
-    client().set_registered_model_alias(name, alias, str(version))
+    _retry_on_unique_clash(lambda: client().set_registered_model_alias(name, alias, str(version)))
+
+
+def _retry_on_unique_clash(call, attempts: int = 5):
+    """MLflow's SQL store checks, then inserts (a data set input, an alias, a tag): two clients doing the same at the
+    same moment collide on its UNIQUE key. All these calls are idempotent, so the loser simply tries again."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except MlflowException as e:
+            if "UNIQUE" not in str(e) and "IntegrityError" not in str(e) or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def delete_alias(name: str, alias: str) -> None:
@@ -316,7 +319,7 @@ def delete_alias(name: str, alias: str) -> None:
 def set_version_tags(name: str, version: str, tags: dict[str, Any]) -> None:
     c = client()
     for key, value in tags.items():
-        c.set_model_version_tag(name, str(version), key, str(value))
+        _retry_on_unique_clash(lambda: c.set_model_version_tag(name, str(version), key, str(value)))
 
 
 def model_aliases(name: str = MODEL_NAME) -> dict[str, str]:
