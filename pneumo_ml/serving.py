@@ -68,7 +68,7 @@ def decode_rows(predictor: Predictor, frame: pd.DataFrame):
 class PneumoniaClassifier(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         config = getattr(context, "model_config", None) or {}
-        device = config.get("device") or os.environ.get("PNEUMO_ML_DEVICE", "cpu")
+        device = config.get("inference_device") or os.environ.get("PNEUMO_ML_DEVICE", "cpu")
         self.predictor = Predictor.from_files(context.artifacts["weights"], context.artifacts["model_card"], device)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:

@@ -151,7 +151,7 @@ class RunLogger:
                 python_model=str(PACKAGE_DIR / "pyfunc_model.py"),
                 artifacts={"weights": str(weights), "model_card": str(card)},
                 code_paths=[str(code)], pip_requirements=serving_requirements(),
-                model_config={"device": "cpu"},  # declared so that load_model(model_config=...) may override it
+                model_config={"inference_device": "cpu"},  # declared so that load_model(model_config=...) may override it
                 signature=serving_signature(), input_example=example,
             )
         return info.model_uri
@@ -349,7 +349,7 @@ def describe_model_uri(uri: str) -> str:
 def load_predictor(uri: str, device: str = "cpu"):
     """The Predictor inside a logged pyfunc (any models:/ or runs:/ URI, or a local model folder)."""
     try:
-        model = mlflow.pyfunc.load_model(uri, model_config={"device": device})
+        model = mlflow.pyfunc.load_model(uri, model_config={"inference_device": device})
     except (MlflowException, OSError) as e:
         raise TrackingError(f"cannot load model {uri!r}: {str(e).splitlines()[0]}") from e
     predictor = model.unwrap_python_model().predictor
