@@ -66,6 +66,18 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1000 + epoch
 
 
+def train_step(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, optimizer: torch.optim.Optimizer,
+               loss_fn: nn.Module, *, amp: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on a batch already on the device: (logits, loss), neither read back to the host."""
+    with autocast(x.device, amp):
+        logits = model(x)
+        loss = loss_fn(logits.float(), targets)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return logits, loss
+
+
 def train_one_epoch(model: nn.Module, loader: BatchLoader, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
                     transform: BatchTransform, *, epoch: int, seed: int, amp: bool = True,
                     progress: bool = True, sync_every: int = 20) -> dict[str, float]:
@@ -81,13 +93,7 @@ def train_one_epoch(model: nn.Module, loader: BatchLoader, optimizer: torch.opti
     seen, start = 0, time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch + 1} train", unit="batch", leave=False, disable=not progress)
     for step, (images, targets) in enumerate(bar, 1):
-        x = transform(images, augment_rng)
-        with autocast(device, amp):
-            logits = model(x)
-            loss = loss_fn(logits.float(), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        logits, loss = train_step(model, transform(images, augment_rng), targets, optimizer, loss_fn, amp=amp)
         total_loss += loss.detach() * len(targets)
         correct += (logits.detach().argmax(1) == targets).sum()
         seen += len(targets)

@@ -47,20 +47,12 @@ def trained_model(session_dir, tmp_path_factory):
     from pneumo_ml.train import run_experiment
     store = tmp_path_factory.mktemp("store")
     uri = f"sqlite:///{store / 'mlflow.db'}"
-    old = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "PNEUMO_ML_CACHE")}
-    os.environ["MLFLOW_TRACKING_URI"], os.environ["PNEUMO_ML_CACHE"] = uri, str(session_dir / "cache")
-    cwd = os.getcwd()
-    os.chdir(store)
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.setenv("PNEUMO_ML_CACHE", str(session_dir / "cache"))
+        mp.chdir(store)
         cfg = config.load(config.experiment_path("small_cnn"), **{**TINY, "epochs": 2, "image_size": 48})
         result = run_experiment(cfg, progress=False)
-    finally:
-        os.chdir(cwd)
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return uri, result
 
 

@@ -71,7 +71,13 @@ def test_cold_epoch_decodes_everything_and_warm_epochs_decode_nothing(report):
     for epoch in warm:
         assert not epoch["cold"] and epoch["decoded"] == 0 and epoch["memory_hits"] == n and epoch["images"] == n
     assert m["cold_epoch_img_per_s"] == pytest.approx(n / cold["seconds"])
-    assert report["decode_parallel_img_per_s"] == pytest.approx(n / cold["decode_s"])
+    assert m["cold_epoch_decode_img_per_s"] == pytest.approx(n / cold["decode_s"])
+
+
+def test_decode_rates_come_from_their_own_file_sets(report):
+    assert report["decode_files"] >= report["e2e_set"]["images"]
+    assert report["decode_single_core_img_per_s"] > 0 and report["decode_parallel_img_per_s"] > 0
+    assert f"{report['decode_files']} files" in format_table(report)
 
 
 def test_pyfunc_figures_are_the_small_cnn_ones(report):
