@@ -57,7 +57,7 @@ class Sizes:
     timed_steps: int
     e2e_images: int  # files in the end-to-end set
     e2e_source_px: int  # their nominal long side
-    e2e_epochs: int  # 1 cold + the rest warm
+    e2e_epochs: int  # 1 cold + the rest warm, each warm one followed by a model-only block (a round)
     single_core_files: int  # files decoded in one process for the single-core rate
     decode_files: int  # files decoded on a cold cache by the worker pool (a data set's cold pass, not a batch's)
     inference_batches: int
@@ -74,8 +74,8 @@ def sizes_for(quick: bool, device: torch.device) -> Sizes:
                      inference_batches=10 if cuda else 3, pyfunc_calls=30, pyfunc_batch_calls=1,
                      pyfunc_batch_warmup=0)
     # A CPU trains ResNet-50 at ~2-3 img/s: fewer images there keep the full benchmark within the hour.
-    return Sizes(batch_size=32, image_size=224, warmup_steps=10 if cuda else 3, timed_steps=30 if cuda else 8,
-                 e2e_images=512 if cuda else 128, e2e_source_px=1600, e2e_epochs=4 if cuda else 3,
+    return Sizes(batch_size=32, image_size=224, warmup_steps=10 if cuda else 2, timed_steps=30 if cuda else 4,
+                 e2e_images=512 if cuda else 128, e2e_source_px=1600, e2e_epochs=4 if cuda else 5,
                  single_core_files=256, decode_files=1024 if cuda else 512, inference_batches=30 if cuda else 4, pyfunc_calls=50, pyfunc_batch_calls=5,
                  pyfunc_batch_warmup=1)
 
@@ -151,22 +151,20 @@ def bench_model(name: str, paths: list[str], targets: np.ndarray, sizes: Sizes, 
     model = model.to(device, memory_format=torch.channels_last) if cuda else model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     loss_fn = torch.nn.CrossEntropyLoss().to(device)
-    # End-to-end first: model-only then runs on a model whose kernels and allocations are as warm as in the
-    # warm epochs it is compared with (measured the other way round, the CPU ratio came out above 100 %).
-    e2e = end_to_end(model, optimizer, loss_fn, paths, targets, sizes, device)
-    model_only = model_only_img_per_s(model, optimizer, loss_fn, sizes, device)
+    rounds = end_to_end(model, optimizer, loss_fn, paths, targets, sizes, device)
     inference = inference_img_per_s(model, sizes, device)
     del model, optimizer
     if cuda:
         torch.cuda.empty_cache()
-    warm = e2e["end_to_end_img_per_s"]
-    return {"model_only_img_per_s": model_only, "end_to_end_img_per_s": warm,
-            "cold_epoch_img_per_s": e2e["cold_epoch_img_per_s"], "ratio": warm / model_only,
-            "inference_img_per_s": inference, "epochs": e2e["epochs"],
-            "cold_epoch_decode_img_per_s": e2e["decode_img_per_s"]}
+    return {"model_only_img_per_s": rounds["model_only_img_per_s"],
+            "end_to_end_img_per_s": rounds["end_to_end_img_per_s"],
+            "cold_epoch_img_per_s": rounds["cold_epoch_img_per_s"], "ratio": rounds["ratio"],
+            "inference_img_per_s": inference, "epochs": rounds["epochs"],
+            "cold_epoch_decode_img_per_s": rounds["decode_img_per_s"]}
 
 
-def model_only_img_per_s(model, optimizer, loss_fn, sizes: Sizes, device: torch.device) -> float:
+def model_only_img_per_s(model, optimizer, loss_fn, sizes: Sizes, device: torch.device,
+                         warmup: bool = True) -> float:
     """The trainer's step on random tensors already on the device (no host sync inside the timed steps)."""
     from .engine import train_step
 
@@ -180,7 +178,7 @@ def model_only_img_per_s(model, optimizer, loss_fn, sizes: Sizes, device: torch.
     def step():
         train_step(model, x, y, optimizer, loss_fn)
 
-    for _ in range(sizes.warmup_steps):
+    for _ in range(sizes.warmup_steps if warmup else 0):
         step()
     seconds = _timed(step, sizes.timed_steps, device)
     return sizes.batch_size * sizes.timed_steps / seconds
@@ -189,10 +187,12 @@ def model_only_img_per_s(model, optimizer, loss_fn, sizes: Sizes, device: torch.
 def end_to_end(model, optimizer, loss_fn, paths: list[str], targets: np.ndarray, sizes: Sizes,
                device: torch.device) -> dict:
     """Epochs through the real path, each one `DecodedCache.load` + `engine.train_one_epoch`, on a cache made
-    fresh for this model.
+    fresh for this model, with the model-only step timed right after every warm epoch.
 
     Epoch 1 finds the cache cold (every file hashed and decoded in worker processes); later epochs find it warm
     (memory hits, nothing decoded). Per epoch: seconds, the decode part, and the cache statistics it moved.
+    Timing the two side by side, round after round, keeps a shared machine's drift out of their ratio: the
+    ratio is the median of the rounds' ratios (measured in two separate blocks, CPU ratios swung 78-129 %).
     """
     from . import engine
     from .cache import DecodedCache
@@ -223,9 +223,14 @@ def end_to_end(model, optimizer, loss_fn, paths: list[str], targets: np.ndarray,
                        "img_per_s": n / seconds,
                        "decoded": cache.stats.decoded - before[0], "memory_hits": cache.stats.memory_hits - before[1],
                        "disk_hits": cache.stats.disk_hits - before[2]})
+        if epoch > 0:
+            epochs[-1]["model_only_img_per_s"] = model_only_img_per_s(model, optimizer, loss_fn, sizes, device,
+                                                                      warmup=epoch == 1)
     cold, warm = epochs[0], epochs[1:]
     return {"cold_epoch_img_per_s": cold["img_per_s"], "decode_img_per_s": n / cold["decode_s"],
-            "end_to_end_img_per_s": statistics.median(e["img_per_s"] for e in warm), "epochs": epochs}
+            "end_to_end_img_per_s": statistics.median(e["img_per_s"] for e in warm),
+            "model_only_img_per_s": statistics.median(e["model_only_img_per_s"] for e in warm),
+            "ratio": statistics.median(e["img_per_s"] / e["model_only_img_per_s"] for e in warm), "epochs": epochs}
 
 
 def inference_img_per_s(model, sizes: Sizes, device: torch.device) -> float:
