@@ -371,16 +371,21 @@ def _log_and_register_model(run, result: ExperimentResult, setup: Setup, config:
 def summary_table(result: ExperimentResult) -> str:
     """The end-of-run table a terminal user reads."""
     m = result.metrics
-    lines = [f"{result.name}: run {result.run_id}" + (f", registered version {result.version}" if result.version else ""),
+    registered = f", registered version {result.version}" if result.version else ""
+    lines = [f"{result.name}: run {result.run_id}{registered}",
              f"  best epoch {result.best_epoch} of {len(result.history)}, validation threshold {result.threshold:.3f}",
              f"  {'metric':<12}{'at 0.5':>22}{'at val threshold':>24}"]
+    def with_ci(key: str, width: int) -> str:
+        nan = math.nan
+        text = f"{m.get(key, nan):.3f} [{m.get(key + '_ci_low', nan):.2f}, {m.get(key + '_ci_high', nan):.2f}]"
+        return f"{text:>{width}}"
+
     for name in ("accuracy", "sensitivity", "specificity", "f1"):
-        at_half = f"{m.get(f'test_{name}', math.nan):.3f} [{m.get(f'test_{name}_ci_low', math.nan):.2f}, {m.get(f'test_{name}_ci_high', math.nan):.2f}]"
-        tuned = f"{m.get(f'test_tuned_{name}', math.nan):.3f} [{m.get(f'test_tuned_{name}_ci_low', math.nan):.2f}, {m.get(f'test_tuned_{name}_ci_high', math.nan):.2f}]"
-        lines.append(f"  {name:<12}{at_half:>22}{tuned:>24}")
-    lines.append(f"  {'AUC':<12}{m.get('test_auc', math.nan):>9.3f} [{m.get('test_auc_ci_low', math.nan):.2f}, {m.get('test_auc_ci_high', math.nan):.2f}]")
+        lines.append(f"  {name:<12}{with_ci(f'test_{name}', 22)}{with_ci(f'test_tuned_{name}', 24)}")
+    lines.append(f"  {'AUC':<12}{with_ci('test_auc', 22)}")
     if "cam_pointing_game" in m:
-        lines.append(f"  Grad-CAM pointing game {m['cam_pointing_game']:.2f} (uniform map {m['cam_pointing_game_uniform']:.2f}), "
-                     f"energy in lesion {m['cam_energy_in_mask']:.2f} (uniform {m['cam_energy_in_mask_uniform']:.2f})")
+        lines.append(f"  Grad-CAM pointing game {m['cam_pointing_game']:.2f} "
+                     f"(uniform map {m['cam_pointing_game_uniform']:.2f}), energy in lesion "
+                     f"{m['cam_energy_in_mask']:.2f} (uniform {m['cam_energy_in_mask_uniform']:.2f})")
     lines.append("  test figures on the test split (95 % bootstrap intervals); research use, not for diagnosis")
     return "\n".join(lines)
