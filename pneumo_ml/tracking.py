@@ -151,7 +151,7 @@ class RunLogger:
                 python_model=str(PACKAGE_DIR / "pyfunc_model.py"),
                 artifacts={"weights": str(weights), "model_card": str(card)},
                 code_paths=[str(code)], pip_requirements=serving_requirements(),
-                model_config={"inference_device": "cpu"},  # declared so that load_model(model_config=...) may override it
+                model_config={"inference_device": "cpu"},  # declared so load_model(model_config=...) can override it
                 signature=serving_signature(), input_example=example,
             )
         return info.model_uri
