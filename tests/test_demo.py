@@ -273,10 +273,17 @@ def test_browser_upload_predict_gradcam_and_bad_file(server, trained_model, monk
             picker = page.locator("#model-picker input")
             assert picker.input_value().startswith(f"v{result.version} SmallCNN"), picker.input_value()
 
-            def upload(path: Path) -> None:
-                if page.locator("#xray-upload input[type=file]").count() == 0:  # a file is shown: clear it
-                    page.locator("#xray-upload button[aria-label=Clear]").click()
-                page.locator("#xray-upload input[type=file]").set_input_files(str(path))
+            file_input = page.locator("#xray-upload input[type=file]")
+            clear = page.locator("#xray-upload button[aria-label=Clear]")
+
+            def upload(path: Path, *, replacing: bool) -> None:
+                """Into the empty drop zone, or, when a file is shown, after clearing it: each step waits
+                for the element it needs, so a page still rendering is never mistaken for either state."""
+                if replacing:
+                    clear.click()
+                expect(file_input).to_be_attached()
+                file_input.set_input_files(str(path))
+                expect(clear).to_be_visible()  # the upload landed: the component now shows the file
 
             def predict_shows(label: str, probability: float) -> None:
                 page.locator("#predict-button").click()
@@ -289,7 +296,7 @@ def test_browser_upload_predict_gradcam_and_bad_file(server, trained_model, monk
                 page.wait_for_function("i => i.complete && i.naturalWidth > 0", arg=cam.element_handle())
                 expect(page.locator("#error-box")).to_have_text("")
 
-            upload(SAMPLE_PNEUMONIA)
+            upload(SAMPLE_PNEUMONIA, replacing=False)
             expect(page.locator("#input-image img")).to_be_visible()  # the decoded radiograph, before predicting
             predict_shows(want["label"], want["probability"])
             assert any(server.temp.rglob(SAMPLE_PNEUMONIA.name))  # uploads land in GRADIO_TEMP_DIR only
@@ -301,7 +308,7 @@ def test_browser_upload_predict_gradcam_and_bad_file(server, trained_model, monk
             with Image.open(shot) as image:
                 assert image.width >= 800 and image.height >= 600
 
-            upload(truncated)
+            upload(truncated, replacing=True)
             expect(page.locator("#error-box")).to_contain_text("This file could not be read")
             expect(page.locator("#error-box")).to_contain_text("truncated.jpeg: truncated JPEG")
             expect(page.locator("#result-label")).to_have_text("")  # the previous result is gone
@@ -310,7 +317,7 @@ def test_browser_upload_predict_gradcam_and_bad_file(server, trained_model, monk
             expect(page.locator("#error-box")).to_contain_text("This file could not be read")
             assert "Traceback" not in page.content()
 
-            upload(dcm)  # and the app still answers: a good upload, a DICOM this time
+            upload(dcm, replacing=True)  # and the app still answers: a good upload, a DICOM this time
             expect(page.locator("#error-box")).to_have_text("")
             expect(page.locator("#input-image img")).to_be_visible()
             predict_shows(want_dicom["label"], want_dicom["probability"])

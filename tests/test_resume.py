@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -15,6 +16,7 @@ from pneumo_ml import config, tracking
 from pneumo_ml.train import run_experiment
 
 SLOW = dict(TINY, epochs=6, image_size=48, n_train=48, batch_size=8)
+PAUSE_SCRIPT = Path(__file__).resolve().parent / "pause_at_epoch.py"
 
 
 def cli_args(values: dict) -> list[str]:
@@ -42,8 +44,17 @@ STARTED: list[subprocess.Popen] = []
 
 
 def start(*args) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "pneumo_ml", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return _spawn([sys.executable, "-m", "pneumo_ml", *args])
+
+
+def start_held(marker: Path, epoch: int, run_name: str, *args) -> subprocess.Popen:
+    """The command, held once run `run_name` has logged `epoch` epochs (tests/pause_at_epoch.py)."""
+    return _spawn([sys.executable, str(PAUSE_SCRIPT), str(marker), str(epoch), run_name, *args])
+
+
+def _spawn(command: list[str]) -> subprocess.Popen:
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
     STARTED.append(proc)
     return proc
 
@@ -60,33 +71,27 @@ def wait_for(predicate, proc, timeout=240):
     raise AssertionError("timed out")
 
 
-def runs_with_epoch(min_step: int, name: str | None = None):
+def run_named(name: str) -> str:
     client = MlflowClient()
-    exp = client.get_experiment_by_name("pneumonia-detection")
-    if exp is None:
-        return None
-    for run in client.search_runs([exp.experiment_id]):
-        if name and run.data.tags.get("mlflow.runName") != name:
-            continue
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
-        if steps and max(steps) >= min_step:
-            return run.info.run_id
-    return None
+    runs = client.search_runs([tracking.experiment_id()], filter_string=f"tags.mlflow.runName = '{name}'")
+    assert len(runs) == 1, [r.info.run_name for r in runs]
+    return runs[0].info.run_id
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM])
-def test_killed_training_resumes_to_the_uninterrupted_result(sig):
-    proc = start("train", "--model", "small_cnn", *cli_args(SLOW), "--no-register", "--quiet")
-    run_id = wait_for(lambda: runs_with_epoch(2), proc)
+def test_killed_training_resumes_to_the_uninterrupted_result(sig, tmp_path):
+    held = tmp_path / "held"
+    proc = start_held(held, 2, "*", "train", "--model", "small_cnn", *cli_args(SLOW), "--no-register", "--quiet")
+    wait_for(held.exists, proc)
     proc.send_signal(sig)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0
     client = MlflowClient()
+    run_id = run_named("SmallCNN")
     killed = client.get_run(run_id)
     assert killed.info.status == "KILLED", output
     assert "checkpoints/last.pt" in {a.path for a in client.list_artifacts(run_id, "checkpoints")}
-    done = max(m.step for m in client.get_metric_history(run_id, "val_loss"))
-    assert done < SLOW["epochs"], "the run finished before the signal; make the epochs longer"
+    assert max(m.step for m in client.get_metric_history(run_id, "val_loss")) == 2
 
     resumed = start("train", "--resume", run_id, "--quiet")
     out, _ = resumed.communicate(timeout=300)
@@ -122,11 +127,13 @@ def test_interrupted_suite_keeps_finished_children_and_resumes_the_killed_one(tm
                                                          "pretrained: 'false'\nepochs: 8\n")
     protocol = {k: v for k, v in SLOW.items() if k != "epochs"}
     (tmp_path / "suite.yaml").write_text(yaml.safe_dump({"experiments": ["small_cnn", "slow"], "protocol": protocol}))
-    proc = start("suite", "--config", str(tmp_path / "suite.yaml"), "--quiet")
-    slow_id = wait_for(lambda: runs_with_epoch(2, "Slow"), proc)
+    held = tmp_path / "held"
+    proc = start_held(held, 2, "Slow", "suite", "--config", str(tmp_path / "suite.yaml"), "--quiet")
+    wait_for(held.exists, proc)
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=120)
     client = MlflowClient()
+    slow_id = run_named("Slow")
     parent_id = client.get_run(slow_id).data.tags["mlflow.parentRunId"]
     assert client.get_run(parent_id).info.status == "KILLED"
     children = {r.data.tags["mlflow.runName"]: r for r in tracking.child_runs(parent_id)}
