@@ -120,18 +120,19 @@ def comparable(candidates: list[Candidate], current: Candidate | None) -> tuple[
         return [current], (f"champion v{current.version} has no split tags, so no version is comparable with it "
                            "(move the alias by hand to replace it)")
     if current is not None:
-        anchor, scope = current, f"comparable with champion v{current.version}"
+        anchor, scope, named = current, "", f"champion v{current.version}"
     elif tagged:
         anchor = max(tagged, key=lambda c: int(c.version))
         scope = f"no current champion: candidates are those of the newest split (v{anchor.version}'s)"
+        named = f"v{anchor.version}"
     else:
         return [], "no version carries split tags, so none is comparable"
     pool = [c for c in candidates if c.split == anchor.split]
-    left = [c for c in candidates if c.split != anchor.split]
+    left = sorted((c for c in candidates if c.split != anchor.split), key=lambda c: int(c.version))
     if not left:
-        return pool, scope if current is None else ""
-    listing = "; ".join(f"v{c.version} ({_differences(c, anchor)})" for c in sorted(left, key=lambda c: int(c.version)))
-    return pool, f"{scope}; left out as not comparable with v{anchor.version}: {listing}"
+        return pool, scope
+    listing = "; ".join(f"v{c.version} ({_differences(c, anchor)})" for c in left)
+    return pool, _sentence(scope, f"left out as not comparable with {named}: {listing}")
 
 
 def _best_two(pool: list[Candidate], higher: bool, by_experiment: bool) -> tuple[Candidate | None, Candidate | None,
@@ -170,12 +171,13 @@ def decide(candidates: list[Candidate], champion: str | None, *, metric: str, ma
     if best is None:
         return Decision(None, None, champion, False, _sentence(f"no comparable version has a {metric}", scope))
     if current is None or math.isnan(current.score):
-        state = "no current champion" if champion is None else f"champion v{champion} has no {metric}"
+        state = "" if current is None else f"champion v{champion} has no {metric}"
         return Decision(best, runner_up, champion, True, _sentence(
             state, f"{why}v{best.version} ({best.experiment}) has the best {metric} {best.score:.4f}", scope))
     if best.version == current.version:
         return Decision(best, runner_up, champion, False, _sentence(
-            f"v{best.version} ({best.experiment}) is already champion with the best {metric} {best.score:.4f}", scope))
+            f"v{best.version} ({best.experiment}) is already champion with the best comparable {metric} "
+            f"{best.score:.4f}", scope))
     gain = (best.score - current.score) if higher else (current.score - best.score)
     if gain >= margin and gain > 0:
         return Decision(best, runner_up, champion, True, _sentence(

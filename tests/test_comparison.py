@@ -204,7 +204,8 @@ def test_resolved_means_a_holm_adjusted_p_value_over_the_whole_report(with_basel
     assert (tests.delong_p_holm >= tests.delong_p).all()
     two = pd.DataFrame({"delong_p": [0.03, 0.001], "mcnemar_p": [0.5, 0.5], "tuned_mcnemar_p": [0.5, 0.5]})
     adjusted = _adjust(two)  # six tests: 0.03 raw would have been "resolved" before the correction
-    assert adjusted.delong_p_holm.tolist() == pytest.approx([0.15, 0.006]) and adjusted.resolved.tolist() == [False, True]
+    assert adjusted.delong_p_holm.tolist() == pytest.approx([0.15, 0.006])
+    assert adjusted.resolved.tolist() == [False, True]
     assert "Holm-adjusted p < 0.05" in with_baseline.markdown
 
 

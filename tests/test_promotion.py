@@ -38,8 +38,8 @@ def test_decide_margin_ties_and_refusals():
 def test_only_versions_on_the_champions_split_compete():
     decision = decide([c(1, 0.77), c(2, 1.00, split=SMALL_VAL), c(3, 0.80)], "1", metric="val_auc")
     assert decision.promote and decision.winner.version == "3"
-    assert "left out as not comparable with v1: v2 (another split digest, split sizes 200/4/100, not 200/16/100)" \
-        in decision.reason
+    assert ("left out as not comparable with champion v1: v2 (another split digest, split sizes 200/4/100, "
+            "not 200/16/100)") in decision.reason
     kept = decide([c(1, 0.77), c(2, 1.00, split=SMALL_VAL)], "1", metric="val_auc")
     assert not kept.promote and kept.winner.version == "1" and kept.runner_up is None
     assert "comparable" in kept.reason and "v2" in kept.reason and "\n" not in kept.reason
@@ -136,7 +136,7 @@ def test_a_version_validated_on_another_split_never_displaces_the_champion():
     assert v2.metrics["best_val_auc"] > v1.metrics["best_val_auc"] + 0.01  # the figure that used to win
     out = promote()
     assert tracking.alias_version(NAME, "champion") == "1"
-    assert "left out as not comparable with v1: v2 (another split digest, split sizes 16/4/12, not 16/8/12)" in out
+    assert "not comparable with champion v1: v2 (another split digest, split sizes 16/4/12, not 16/8/12)" in out
     v3 = train(2)
     assert v3.metrics["best_val_auc"] > v1.metrics["best_val_auc"] + 0.01
     out = promote()
