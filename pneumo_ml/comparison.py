@@ -1,7 +1,8 @@
-"""The suite's comparison of its experiments: test metrics with bootstrap intervals, paired tests against the
-validation-chosen reference, figures, a Markdown summary and one self-contained HTML page.
+"""The suite's comparison of its experiments: test metrics with patient-level bootstrap intervals, paired tests
+against the validation-chosen reference and the IntensityBaseline (Holm-corrected), figures, a Markdown summary
+and one self-contained HTML page.
 
-Pure numpy/scipy/pandas/matplotlib; the suite logs the folder `write` fills as `comparison/` on its parent run.
+No MLflow here: the suite logs the folder `write` fills as `comparison/` on its parent run.
 Research use, not for diagnosis.
 """
 from __future__ import annotations
@@ -355,7 +356,7 @@ def _results(table: pd.DataFrame, tuned: bool) -> pd.DataFrame:
         row = {"Model": _label(r), "Threshold": _cell(r, "threshold"), "Accuracy": _cell(r, pre + "accuracy"),
                "AUC": _cell(r, "auc"), "Sensitivity": _cell(r, pre + "sensitivity"),
                "Specificity": _cell(r, pre + "specificity"), SELECTION_LABEL: _cell(r, "val_auc"),
-               "Weights": r.weights_source or "—"}
+               "Weights": "—" if _nan(r.weights_source) or not r.weights_source else r.weights_source}
         if not r.n_seeds:
             row["Accuracy"] = "no test predictions" if r.status == "FINISHED" else r.status
         if not tuned:
@@ -428,8 +429,8 @@ def _sections(table, tests, reference, runs, failed, notes, n_boot, verdicts) ->
     if verdicts:
         sections.append((f"Against the {BASELINE}", [
             f"The {BASELINE} is a logistic regression on global intensity statistics of each image (mean, std, "
-            "percentiles, histogram), fitted on the training split, its threshold chosen on validation like every "
-            "model's. A model that does not beat it has shown nothing a histogram does not show.",
+            "percentiles, histogram, mean gradient), fitted on the training split, its threshold chosen on "
+            "validation like every model's. A model that does not beat it has shown nothing a histogram does not show.",
             [sentence for _, sentence in verdicts.values()]]))
     if len(tests):
         sections.append((f"Paired tests against {reference}" + (f" and the {BASELINE}" if verdicts else ""), [
