@@ -405,5 +405,6 @@ def summary_table(result: ExperimentResult) -> str:
         lines.append(f"  Grad-CAM pointing game {m['cam_pointing_game']:.2f} "
                      f"(uniform map {m['cam_pointing_game_uniform']:.2f}), energy in lesion "
                      f"{m['cam_energy_in_mask']:.2f} (uniform {m['cam_energy_in_mask_uniform']:.2f})")
-    lines.append("  test figures on the test split (95 % intervals: patients resampled within each class); research use, not for diagnosis")
+    lines.append("  test figures on the test split (95 % intervals: patients resampled within each class); "
+                 "research use, not for diagnosis")
     return "\n".join(lines)
