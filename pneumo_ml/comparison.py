@@ -135,7 +135,7 @@ def _test_rows(name: str, runs: list[Outcome], reference_runs: list[Outcome], n_
                "delong_p": d["p_value"], "delong_note": d["note"], "bootstrap_p": boot["p_value"]}
         for prefix, t, t_ref in (("", 0.5, 0.5), ("tuned_", o.threshold, ref.threshold)):
             pred, pred_ref = (p >= t).astype(int), (p_ref >= t_ref).astype(int)
-            mc = mcnemar(y, pred, pred_ref)
+            mc = mcnemar(y, pred, pred_ref, groups=groups)
             row.update({f"{prefix}accuracy": float((pred == y).mean()),
                         f"reference_{prefix}accuracy": float((pred_ref == y).mean()),
                         f"{prefix}only_experiment_right": mc["a_only_right"],
@@ -436,8 +436,8 @@ def _sections(table, tests, reference, runs, failed, notes, n_boot, verdicts) ->
         sections.append((f"Paired tests against {reference}" + (f" and the {BASELINE}" if verdicts else ""), [
             "Differences are experiment − reference on the same test images: DeLong test (Obuchowski's clustered "
             "form: patients, not images, are the independent units) and a paired cluster-bootstrap interval of "
-            "the AUC difference, the same patients resampled for both models; exact McNemar test of accuracy on "
-            "the images where the two disagree.",
+            "the AUC difference, the same patients resampled for both models; McNemar test of accuracy on the "
+            "images where the two disagree (exact; clustered by patient when patients have several images).",
             _tests_table(tests, several), _test_words(tests, several)]))
         sections.append(_resolvable(table, tests, reference, done))
     if failed:

@@ -170,12 +170,23 @@ def bootstrap_ci(y, p, threshold: float, *, groups=None, n_boot: int = 1000, see
     return {m: _percentiles(d, level) for m, d in draws.items()}
 
 
-def mcnemar(y, pred_a, pred_b) -> dict[str, float]:
-    """Exact McNemar test on the discordant pairs of two classifiers' correctness."""
+def mcnemar(y, pred_a, pred_b, groups=None) -> dict[str, float]:
+    """McNemar's test on the discordant images of two classifiers' correctness: exact (binomial) when every
+    patient has one image, else the clustered form of Durkalski et al. (2003), which sums each patient's
+    discordances before squaring, so that one patient's several images do not count as independent evidence."""
     y = np.asarray(y)
     right_a, right_b = np.asarray(pred_a) == y, np.asarray(pred_b) == y
-    b, c = int((right_a & ~right_b).sum()), int((~right_a & right_b).sum())
-    p_value = 1.0 if b + c == 0 else float(min(1.0, stats.binomtest(b, b + c, 0.5).pvalue))
+    only_a, only_b = right_a & ~right_b, ~right_a & right_b
+    b, c = int(only_a.sum()), int(only_b.sum())
+    patient = _as_groups(y, groups)
+    if b + c == 0:
+        p_value = 1.0
+    elif np.bincount(patient).max() == 1:
+        p_value = float(min(1.0, stats.binomtest(b, b + c, 0.5).pvalue))
+    else:
+        per_patient = np.bincount(patient, weights=only_a.astype(float) - only_b.astype(float))
+        spread = float((per_patient ** 2).sum())
+        p_value = 1.0 if spread == 0 else float(stats.chi2.sf(per_patient.sum() ** 2 / spread, 1))
     return {"a_only_right": b, "b_only_right": c, "p_value": p_value}
 
 

@@ -69,6 +69,19 @@ def test_mcnemar_exact_p_value():
     assert metrics.mcnemar(y, a, a)["p_value"] == 1.0
 
 
+def test_clustered_mcnemar_counts_patients_not_images():
+    y = np.ones(30, int)
+    a, b = np.ones(30, int), np.ones(30, int)
+    b[:10] = 0
+    exact = metrics.mcnemar(y, a, b)["p_value"]
+    assert metrics.mcnemar(y, a, b, groups=np.arange(30))["p_value"] == exact  # one image each: the exact test
+    # The same ten discordances from two patients of five images each: far weaker evidence.
+    patients = np.r_[np.zeros(5), np.ones(5), np.arange(2, 22)]
+    clustered = metrics.mcnemar(y, a, b, groups=patients)
+    assert (clustered["a_only_right"], clustered["b_only_right"]) == (10, 0)
+    assert clustered["p_value"] == pytest.approx(stats.chi2.sf(10 ** 2 / 50, 1)) and exact < 0.05 < clustered["p_value"]
+
+
 def test_delong_agrees_with_paired_bootstrap(scores):
     y, p = scores
     rng = np.random.default_rng(3)
