@@ -7,7 +7,8 @@ from mlflow.tracking import MlflowClient
 
 from pneumo_ml import tracking
 from pneumo_ml.errors import ConfigError
-from pneumo_ml.promotion import Candidate, comparability_tags, decide, split_of
+from pneumo_ml.promotion import (IMAGE_SIZE_TAG, SPLIT_DIGEST_TAG, SPLIT_SIZES_TAG, VAL_PREVALENCE_TAG, Candidate,
+                                  comparability_tags, decide, split_of)
 
 NAME = "pneumonia-classifier"
 SPLIT = comparability_tags("abc123", 224, {"train": 200, "val": 16, "test": 100}, 0.5)
@@ -142,5 +143,5 @@ def test_a_version_validated_on_another_split_never_displaces_the_champion():
     out = promote()
     assert tracking.alias_version(NAME, "champion") == "3" and "beats champion v1" in out and "v2 (" in out
     tags = MlflowClient().get_model_version(NAME, "3").tags
-    assert tags["split_sizes"] == "16/8/12" and tags["image_size"] == "32" and tags["val_prevalence"] == "0.5000"
-    assert tags["split_digest"] == MlflowClient().get_model_version(NAME, "1").tags["split_digest"]
+    assert (tags[SPLIT_SIZES_TAG], tags[IMAGE_SIZE_TAG], tags[VAL_PREVALENCE_TAG]) == ("16/8/12", "32", "0.5000")
+    assert tags[SPLIT_DIGEST_TAG] == MlflowClient().get_model_version(NAME, "1").tags[SPLIT_DIGEST_TAG]

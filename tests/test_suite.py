@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import TINY
 from pneumo_ml import tracking
+from pneumo_ml.promotion import SPLIT_DIGEST_TAG
 from pneumo_ml.suite import load_suite, run_suite
 
 PROTOCOL = {k: v for k, v in TINY.items()}
@@ -52,7 +53,7 @@ def test_quick_suite_gives_four_children_comparison_and_aliases(tmp_path):
     table = pd.read_csv(client.download_artifacts(result.run_id, "comparison/results.csv"))
     assert "IntensityBaseline" in set(table.experiment) and "weights_source" in table.columns
     assert set(table.set_index("experiment").weights_source.drop("IntensityBaseline")) == {"random"}
-    assert len({v.tags["split_digest"] for v in versions}) == 1  # one split: every version comparable
+    assert len({v.tags[SPLIT_DIGEST_TAG] for v in versions}) == 1  # one split: every version comparable
 
 
 def test_two_seeds_promote_the_experiment_with_the_best_mean(tmp_path):
