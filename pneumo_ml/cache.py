@@ -75,6 +75,11 @@ class DecodedCache:
                     self._put(key, image)
         return out, failures
 
+    def content_hash(self, path: str) -> str | None:
+        """The sha1 of a file's bytes, as the cache keys use it (memoised: free after `load`)."""
+        key = self._content_key(path, 0)
+        return key.rsplit("-", 1)[0] if key else None
+
     def _content_key(self, path: str, size: int) -> str | None:
         try:
             st = os.stat(path)

@@ -1,7 +1,8 @@
-"""The suite's comparison of its experiments: test metrics with bootstrap intervals, paired tests against the
-validation-chosen reference, figures, a Markdown summary and one self-contained HTML page.
+"""The suite's comparison of its experiments: test metrics with patient-level bootstrap intervals, paired tests
+against the validation-chosen reference and the IntensityBaseline (Holm-corrected), figures, a Markdown summary
+and one self-contained HTML page.
 
-Pure numpy/scipy/pandas/matplotlib; the suite logs the folder `write` fills as `comparison/` on its parent run.
+No MLflow here: the suite logs the folder `write` fills as `comparison/` on its parent run.
 Research use, not for diagnosis.
 """
 from __future__ import annotations
@@ -17,11 +18,15 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .metrics import bootstrap_ci, binary_metrics, delong_test, mcnemar, paired_bootstrap_auc, roc_auc
+from .baseline import IntensityBaseline
+from .metrics import bootstrap_ci, binary_metrics, delong_test, holm, mcnemar, paired_bootstrap_auc, roc_auc
 from .plots import draw_confusion, draw_curves, draw_roc
 
 RESEARCH_NOTE = "Research use, not for diagnosis."
 ALPHA = 0.05
+BASELINE = IntensityBaseline.name
+BASELINE_WEIGHTS = "none (logistic regression on intensity statistics, fitted on the training split)"
+SELECTION_LABEL = "Validation AUC (selection statistic)"
 METRICS = ("accuracy", "auc", "sensitivity", "specificity")
 TUNED = ("accuracy", "sensitivity", "specificity")  # AUC does not depend on the threshold
 FILES = ("results.md", "results.csv", "tests.csv", "metrics_bar.png", "roc_overlay.png", "dashboard.png",
@@ -46,6 +51,9 @@ class Outcome:
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
     version: str | None = None
+    test_groups: np.ndarray | None = None  # patient id per test image: the bootstrap's sampling unit
+    test_paths: np.ndarray | None = None   # the test images themselves, to check every model saw the same ones
+    weights_source: str = ""
 
 
 @dataclass
@@ -69,7 +77,7 @@ def _per_seed(o: Outcome, n_boot: int, seed: int) -> dict:
     for prefix, threshold, names in (("", 0.5, METRICS), ("tuned_", o.threshold, TUNED)):
         point = binary_metrics(y, p, threshold)
         # The same seed for every model: all models are scored on the same bootstrap resamples.
-        ci = bootstrap_ci(y, p, threshold, n_boot=n_boot, seed=seed)
+        ci = bootstrap_ci(y, p, threshold, groups=o.test_groups, n_boot=n_boot, seed=seed)
         for m in names:
             row[prefix + m] = point[m]
             row[f"{prefix}{m}_ci_low"], row[f"{prefix}{m}_ci_high"] = ci[m]
@@ -86,7 +94,8 @@ def _table_row(name: str, runs: list[Outcome], failed: list[Outcome], reference:
            "status": "FINISHED" if runs else "/".join(sorted({o.status for o in failed})),
            "error": "; ".join(f"seed {o.seed}: {o.error or 'no test predictions'}" for o in failed) or None,
            "n_seeds": len(runs), "n_failed": len(failed), "seeds": ", ".join(str(o.seed) for o in runs),
-           "n_test": len(runs[0].test_targets) if runs else 0}
+           "n_test": len(runs[0].test_targets) if runs else 0,
+           "weights_source": ", ".join(dict.fromkeys(o.weights_source or "unknown" for o in runs)) or None}
     for col in POINTS:
         row[col] = per_seed[col].mean()
         for bound in (f"{col}_ci_low", f"{col}_ci_high"):
@@ -98,42 +107,94 @@ def _table_row(name: str, runs: list[Outcome], failed: list[Outcome], reference:
     return row
 
 
+def _same_images(a: Outcome, b: Outcome) -> bool:
+    """Paths when both outcomes know them (labels alone would let two different test sets pass)."""
+    if a.test_paths is not None and b.test_paths is not None:
+        return np.array_equal(np.asarray(a.test_paths, dtype=str), np.asarray(b.test_paths, dtype=str))
+    return np.array_equal(np.asarray(a.test_targets), np.asarray(b.test_targets))
+
+
 def _test_rows(name: str, runs: list[Outcome], reference_runs: list[Outcome], n_boot: int, seed: int,
                notes: list[str]) -> list[dict]:
     by_seed = {o.seed: o for o in reference_runs}
     pairs = [(by_seed[o.seed], o) for o in runs if o.seed in by_seed] or [(reference_runs[0], runs[0])]
     rows = []
     for ref, o in pairs:
-        y = np.asarray(ref.test_targets)
-        if not np.array_equal(y, np.asarray(o.test_targets)):
-            notes.append(f"{name} (seed {o.seed}) was not tested: its test images differ from the reference's.")
+        if not _same_images(ref, o):
+            notes.append(f"{name} (seed {o.seed}) was not tested against {ref.name}: its test images differ.")
             continue
+        y, groups = np.asarray(ref.test_targets), ref.test_groups
         p, p_ref = np.asarray(o.test_probs, dtype=np.float64), np.asarray(ref.test_probs, dtype=np.float64)
-        d = delong_test(y, p, p_ref)
-        boot = (paired_bootstrap_auc(y, p, p_ref, n_boot=n_boot, seed=seed) if n_boot
+        d = delong_test(y, p, p_ref, groups=groups)
+        boot = (paired_bootstrap_auc(y, p, p_ref, groups=groups, n_boot=n_boot, seed=seed) if n_boot
                 else {"diff_low": math.nan, "diff_high": math.nan, "p_value": math.nan})
         row = {"experiment": name, "reference": ref.name, "seed": o.seed, "reference_seed": ref.seed,
-               "n_test": len(y), "auc": d["auc_a"], "reference_auc": d["auc_b"], "auc_diff": d["diff"],
+               "n_test": len(y), "n_patients": len(np.unique(groups)) if groups is not None else len(y),
+               "auc": d["auc_a"], "reference_auc": d["auc_b"], "auc_diff": d["diff"],
                "auc_diff_low": boot["diff_low"], "auc_diff_high": boot["diff_high"], "delong_z": d["z"],
-               "delong_p": d["p_value"], "bootstrap_p": boot["p_value"], "resolved": bool(d["p_value"] < ALPHA)}
+               "delong_p": d["p_value"], "delong_note": d["note"], "bootstrap_p": boot["p_value"]}
         for prefix, t, t_ref in (("", 0.5, 0.5), ("tuned_", o.threshold, ref.threshold)):
             pred, pred_ref = (p >= t).astype(int), (p_ref >= t_ref).astype(int)
-            mc = mcnemar(y, pred, pred_ref)
+            mc = mcnemar(y, pred, pred_ref, groups=groups)
             row.update({f"{prefix}accuracy": float((pred == y).mean()),
                         f"reference_{prefix}accuracy": float((pred_ref == y).mean()),
                         f"{prefix}only_experiment_right": mc["a_only_right"],
                         f"{prefix}only_reference_right": mc["b_only_right"],
-                        f"{prefix}mcnemar_p": mc["p_value"],
-                        f"{prefix}accuracy_resolved": bool(mc["p_value"] < ALPHA)})
+                        f"{prefix}mcnemar_p": mc["p_value"]})
         rows.append(row)
     return rows
 
 
-TEST_COLUMNS = ["experiment", "reference", "seed", "reference_seed", "n_test", "auc", "reference_auc", "auc_diff",
-                "auc_diff_low", "auc_diff_high", "delong_z", "delong_p", "bootstrap_p", "resolved",
-                "accuracy", "reference_accuracy", "only_experiment_right", "only_reference_right", "mcnemar_p",
-                "accuracy_resolved", "tuned_accuracy", "reference_tuned_accuracy", "tuned_only_experiment_right",
-                "tuned_only_reference_right", "tuned_mcnemar_p", "tuned_accuracy_resolved"]
+HOLM_FAMILY = {"delong_p": "resolved", "mcnemar_p": "accuracy_resolved", "tuned_mcnemar_p": "tuned_accuracy_resolved"}
+
+
+def _adjust(tests: pd.DataFrame) -> pd.DataFrame:
+    """Holm's correction over every test of the report (each pair's DeLong and both McNemar tests); a
+    difference is "resolved" when its adjusted p-value is below ALPHA."""
+    if tests.empty:
+        return tests
+    family = np.concatenate([tests[col].to_numpy(float) for col in HOLM_FAMILY])
+    adjusted = holm(family).reshape(len(HOLM_FAMILY), len(tests))
+    for (col, verdict), values in zip(HOLM_FAMILY.items(), adjusted):
+        tests[f"{col}_holm"] = values
+        tests[verdict] = values < ALPHA
+    return tests
+
+
+TEST_COLUMNS = ["experiment", "reference", "seed", "reference_seed", "n_test", "n_patients", "auc", "reference_auc",
+                "auc_diff", "auc_diff_low", "auc_diff_high", "delong_z", "delong_p", "delong_p_holm", "delong_note",
+                "bootstrap_p", "resolved", "accuracy", "reference_accuracy", "only_experiment_right",
+                "only_reference_right", "mcnemar_p", "mcnemar_p_holm", "accuracy_resolved", "tuned_accuracy",
+                "reference_tuned_accuracy", "tuned_only_experiment_right", "tuned_only_reference_right",
+                "tuned_mcnemar_p", "tuned_mcnemar_p_holm", "tuned_accuracy_resolved"]
+
+
+def baseline_verdicts(tests: pd.DataFrame, models: list[str]) -> dict[str, tuple[str, str]]:
+    """Per model: ("yes" | "no" | "worse", a sentence) on whether its test AUC beats the IntensityBaseline's,
+    by the Holm-adjusted DeLong test; with several seeds, "yes" only when every seed's difference is resolved
+    in the model's favour."""
+    out = {}
+    for name in models:
+        mine = tests[(tests.experiment == name) & (tests.reference == BASELINE)]
+        theirs = tests[(tests.experiment == BASELINE) & (tests.reference == name)]
+        diffs = np.r_[mine.auc_diff.to_numpy(float), -theirs.auc_diff.to_numpy(float)]
+        resolved = np.r_[mine.resolved.to_numpy(bool), theirs.resolved.to_numpy(bool)]
+        p_holm = np.r_[mine.delong_p_holm.to_numpy(float), theirs.delong_p_holm.to_numpy(float)]
+        if not len(diffs):
+            continue
+        worst_p = _p(float(np.nanmax(p_holm))) if not np.isnan(p_holm).all() else _p(math.nan)
+        if resolved.all() and (diffs > 0).all():
+            out[name] = ("yes", f"{name} beats the {BASELINE}: AUC {_signed(diffs)} above it (adjusted {worst_p}).")
+        elif resolved.all() and (diffs < 0).all():
+            out[name] = ("worse", f"{name} is worse than the {BASELINE}: AUC {_signed(diffs)} (adjusted {worst_p}).")
+        else:
+            out[name] = ("no", f"{name} is not shown to beat the {BASELINE}: AUC difference {_signed(diffs)}, "
+                               f"not resolved by these test images (adjusted {worst_p}).")
+    return out
+
+
+def _signed(diffs: np.ndarray) -> str:
+    return ", ".join(f"{d:+.3f}" for d in diffs)
 
 
 def compare(outcomes: list[Outcome], *, reference: str, bootstrap: int = 1000, seed: int = 0) -> Comparison:
@@ -153,16 +214,20 @@ def compare(outcomes: list[Outcome], *, reference: str, bootstrap: int = 1000, s
 
     table = pd.DataFrame([_table_row(n, runs[n], [o for o in failed if o.name == n], reference, bootstrap, seed)
                           for n in names])
-    rows = [r for n in finished if n != reference for r in _test_rows(n, runs[n], runs[reference], bootstrap,
-                                                                        seed, notes)]
-    tests = pd.DataFrame(rows, columns=TEST_COLUMNS)
+    pairs = [(n, reference) for n in finished if n != reference]
+    if BASELINE in finished and reference != BASELINE:  # the reference meets the baseline in the row above
+        pairs += [(n, BASELINE) for n in finished if n not in (reference, BASELINE)]
+    rows = [r for n, against in pairs for r in _test_rows(n, runs[n], runs[against], bootstrap, seed, notes)]
+    tests = _adjust(pd.DataFrame(rows, columns=TEST_COLUMNS))
+    verdicts = baseline_verdicts(tests, [n for n in finished if n != BASELINE])
+    table["beats_baseline"] = table.experiment.map(lambda n: verdicts.get(n, (None, ""))[0])
 
     first = {n: runs[n][0] for n in finished}
     several = any(len(runs[n]) > 1 for n in finished)
     roc_title = "Test ROC (first seed of each)" if several else "Test ROC"
     figures = {"metrics_bar.png": metrics_bar(table), "roc_overlay.png": roc_overlay(first, roc_title),
                "dashboard.png": dashboard(table, first, roc_title)}
-    sections = _sections(table, tests, reference, runs, failed, notes, bootstrap)
+    sections = _sections(table, tests, reference, runs, failed, notes, bootstrap, verdicts)
     title = "pneumo-ml comparison: NORMAL vs PNEUMONIA"
     return Comparison(table=table, tests=tests, reference=reference, failed=failed, figures=figures,
                       markdown=_markdown(title, sections), html=_html(title, sections, figures))
@@ -279,91 +344,128 @@ def _cell(row, col: str) -> str:
     return text if _nan(low) else f"{text} [{low:.2f}, {high:.2f}]"
 
 
+def _label(r) -> str:
+    return r.experiment + (" (reference)" if r.is_reference else " (trivial baseline)" if r.experiment == BASELINE
+                           else "")
+
+
 def _results(table: pd.DataFrame, tuned: bool) -> pd.DataFrame:
     rows = []
     for _, r in table.iterrows():
-        label = r.experiment + (" (reference)" if r.is_reference else "")
         pre = "tuned_" if tuned else ""
-        row = {"Model": label, "Threshold": _cell(r, "threshold"), "Accuracy": _cell(r, pre + "accuracy"),
+        row = {"Model": _label(r), "Threshold": _cell(r, "threshold"), "Accuracy": _cell(r, pre + "accuracy"),
                "AUC": _cell(r, "auc"), "Sensitivity": _cell(r, pre + "sensitivity"),
-               "Specificity": _cell(r, pre + "specificity"), "Validation AUC": _cell(r, "val_auc")}
+               "Specificity": _cell(r, pre + "specificity"), SELECTION_LABEL: _cell(r, "val_auc"),
+               "Weights": "—" if _nan(r.weights_source) or not r.weights_source else r.weights_source}
         if not r.n_seeds:
             row["Accuracy"] = "no test predictions" if r.status == "FINISHED" else r.status
         if not tuned:
-            del row["Threshold"], row["Validation AUC"]
+            del row["Threshold"], row[SELECTION_LABEL], row["Weights"]
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def _verdict(resolved: bool, p: float, n: int) -> str:
-    return f"resolved ({_p(p)})" if resolved else f"the {n} test images cannot resolve this difference ({_p(p)})"
+    return (f"resolved (adjusted {_p(p)})" if resolved
+            else f"the {n} test images cannot resolve this difference (adjusted {_p(p)})")
 
 
-def _sections(table, tests, reference, runs, failed, notes, n_boot) -> list[tuple[str, list]]:
+def _intro(runs, reference: str, n_boot: int) -> list[str]:
+    done = [o for rs in runs.values() for o in rs]
+    first = runs[reference][0]
+    y = np.asarray(first.test_targets)
+    n, pos = len(y), int(y.sum())
+    patients = len(np.unique(first.test_groups)) if first.test_groups is not None else n
+    val = next((len(o.val_targets) for o in done if o.val_targets is not None), None)
+    return [f"Test set: {n} images ({n - pos} NORMAL, {pos} PNEUMONIA) from {patients} patients"
+            + (f"; validation set: {val} images" if val else "") + ". "
+            + (f"Intervals: 95 % stratified cluster bootstrap ({n_boot} resamples): test patients are resampled "
+               "within each class, so images of one patient count as one unit of evidence." if n_boot
+               else "No bootstrap intervals (bootstrap = 0)."),
+            f"Reference: {reference}, the experiment with the best mean validation figure over its seeds "
+            "(never chosen by test figures). The validation AUC column is that selection statistic: the winner's "
+            "is optimistic by construction, read its test figures instead."]
+
+
+def _tests_table(tests: pd.DataFrame, several: bool) -> pd.DataFrame:
+    return pd.DataFrame({
+        "Model": tests.experiment + (" (seed " + tests.seed.astype(str) + ")" if several else ""),
+        "Against": tests.reference,
+        "AUC difference [95 % CI]": [f"{r.auc_diff:+.3f}" + ("" if _nan(r.auc_diff_low) else
+                                     f" [{r.auc_diff_low:+.3f}, {r.auc_diff_high:+.3f}]")
+                                     for r in tests.itertuples()],
+        "DeLong p (Holm)": [f"{_p(r.delong_p)} ({_p(r.delong_p_holm)})" for r in tests.itertuples()],
+        "McNemar @ 0.5 (only exp./only ref. right, Holm p)": [
+            f"{r.only_experiment_right}/{r.only_reference_right}, {_p(r.mcnemar_p_holm)}" for r in tests.itertuples()],
+        "McNemar @ val. thresholds (Holm p)": [
+            f"{r.tuned_only_experiment_right}/{r.tuned_only_reference_right}, {_p(r.tuned_mcnemar_p_holm)}"
+            for r in tests.itertuples()],
+        "AUC difference resolved": tests.resolved.map({True: "yes", False: "no"})})
+
+
+def _test_words(tests: pd.DataFrame, several: bool) -> list[str]:
+    words = []
+    for r in tests.itertuples():
+        line = (f"{r.experiment} vs {r.reference}" + (f" (seed {r.seed})" if several else "")
+                + f": AUC {r.auc:.3f} vs {r.reference_auc:.3f}, {_verdict(r.resolved, r.delong_p_holm, r.n_test)}."
+                + f" Accuracy at the validation thresholds {r.tuned_accuracy:.2f} vs "
+                + f"{r.reference_tuned_accuracy:.2f}: "
+                + _verdict(r.tuned_accuracy_resolved, r.tuned_mcnemar_p_holm, r.n_test) + ".")
+        words.append(line + (f" Note: {r.delong_note}." if r.delong_note else ""))
+    return words
+
+
+def _sections(table, tests, reference, runs, failed, notes, n_boot, verdicts) -> list[tuple[str, list]]:
     """(heading, blocks): a block is a paragraph (str), a table (DataFrame) or a bullet list (list of str)."""
     done = [o for rs in runs.values() for o in rs]
     several = bool(len(table) and table.n_seeds.max() > 1)
-    intro = [RESEARCH_NOTE]
-    if done:
-        y = np.asarray(runs[reference][0].test_targets)
-        n, pos = len(y), int(y.sum())
-        val = next((len(o.val_targets) for o in done if o.val_targets is not None), None)
-        intro.append(f"Test set: {n} images ({n - pos} NORMAL, {pos} PNEUMONIA)"
-                     + (f"; validation set: {val} images" if val else "") + ". "
-                     + (f"Intervals: 95 % bootstrap over the test images ({n_boot} resamples)." if n_boot
-                        else "No bootstrap intervals (bootstrap = 0)."))
-        intro.append(f"Reference: {reference}, the validation winner chosen by the caller (never by test figures).")
-    intro += notes
+    intro = [RESEARCH_NOTE] + (_intro(runs, reference, n_boot) if done else []) + notes
     sections = [("", intro)]
     sections.append(("Test results at threshold 0.5", [_results(table, tuned=False)]))
     footnote = ["With several seeds: mean ± std across seeds; the bracketed interval is the mean of the per-seed "
                 "bootstrap bounds (the test-image noise of a typical seed, not an interval of the mean)."]
     sections.append(("Test results at the validation threshold (Youden's J)",
                      [_results(table, tuned=True), *(footnote if several else [])]))
-
+    if verdicts:
+        sections.append((f"Against the {BASELINE}", [
+            f"The {BASELINE} is a logistic regression on global intensity statistics of each image (mean, std, "
+            "percentiles, histogram, mean gradient), fitted on the training split, its threshold chosen on "
+            "validation like every model's. A model that does not beat it has shown nothing a histogram does not show.",
+            [sentence for _, sentence in verdicts.values()]]))
     if len(tests):
-        show = pd.DataFrame({
-            "Model": tests.experiment + (" (seed " + tests.seed.astype(str) + ")" if several else ""),
-            "AUC difference [95 % CI]": [f"{r.auc_diff:+.3f}" + ("" if _nan(r.auc_diff_low) else
-                                         f" [{r.auc_diff_low:+.3f}, {r.auc_diff_high:+.3f}]")
-                                         for r in tests.itertuples()],
-            "DeLong": tests.delong_p.map(_p),
-            "McNemar @ 0.5 (only exp./only ref. right)": [
-                f"{r.only_experiment_right}/{r.only_reference_right}, {_p(r.mcnemar_p)}" for r in tests.itertuples()],
-            "McNemar @ val. thresholds": [
-                f"{r.tuned_only_experiment_right}/{r.tuned_only_reference_right}, {_p(r.tuned_mcnemar_p)}"
-                for r in tests.itertuples()],
-            "AUC difference resolved": tests.resolved.map({True: "yes", False: "no"})})
-        words = [f"{r.experiment} vs {r.reference}" + (f" (seed {r.seed})" if several else "")
-                 + f": AUC {r.auc:.3f} vs {r.reference_auc:.3f}, {_verdict(r.resolved, r.delong_p, r.n_test)}."
-                 + f" Accuracy at the validation thresholds {r.tuned_accuracy:.2f} vs "
-                 + f"{r.reference_tuned_accuracy:.2f}: "
-                 + _verdict(r.tuned_accuracy_resolved, r.tuned_mcnemar_p, r.n_test) + "."
-                 for r in tests.itertuples()]
-        sections.append((f"Paired tests against {reference}", [
-            "Differences are experiment − reference on the same test images: DeLong test and paired bootstrap "
-            "interval of the AUC difference; exact McNemar test of accuracy on the images where the two disagree.",
-            show, words]))
-
-        n = int(tests.n_test.iloc[0])
-        half = {m: ((table[f"{m}_ci_high"] - table[f"{m}_ci_low"]) / 2).median() for m in ("accuracy", "auc")}
-        width = ([] if _nan(half["accuracy"]) else [
-            f"A 95 % interval on accuracy is about ±{half['accuracy']:.2f} wide and on AUC about ±{half['auc']:.2f} "
-            "(median half-widths here); differences smaller than that are rarely resolvable."])
-        val_note = f" on only {val} validation images" if val else ""
-        sections.append((f"What {n} test images can resolve", [[
-            *width,
-            f"{int(tests.resolved.sum())} of {len(tests)} AUC differences against {reference} are resolved at "
-            f"p < {ALPHA}; the p-values are not corrected for the {len(tests)} comparisons.",
-            "An unresolved difference is not evidence that two models are equal: these images cannot tell them apart.",
-            f"Thresholds were chosen{val_note}; the intervals at those thresholds do not include that uncertainty."]]))
-
+        sections.append((f"Paired tests against {reference}" + (f" and the {BASELINE}" if verdicts else ""), [
+            "Differences are experiment − reference on the same test images: DeLong test (Obuchowski's clustered "
+            "form: patients, not images, are the independent units) and a paired cluster-bootstrap interval of "
+            "the AUC difference, the same patients resampled for both models; McNemar test of accuracy on the "
+            "images where the two disagree (exact; clustered by patient when patients have several images).",
+            _tests_table(tests, several), _test_words(tests, several)]))
+        sections.append(_resolvable(table, tests, reference, done))
     if failed:
         sections.append(("Failed runs (excluded from tests and figures)", [[
             f"{o.name} (seed {o.seed}, run {o.run_id}): {o.status} — {o.error or 'no test predictions'}"
             for o in failed]]))
     sections.append(("", [RESEARCH_NOTE]))
     return sections
+
+
+def _resolvable(table, tests, reference, done) -> tuple[str, list]:
+    n = int(tests.n_test.iloc[0])
+    val = next((len(o.val_targets) for o in done if o.val_targets is not None), None)
+    half = {m: ((table[f"{m}_ci_high"] - table[f"{m}_ci_low"]) / 2).median() for m in ("accuracy", "auc")}
+    width = ([] if _nan(half["accuracy"]) else [
+        f"A 95 % interval on accuracy is about ±{half['accuracy']:.2f} wide and on AUC about ±{half['auc']:.2f} "
+        "(median half-widths here); differences smaller than that are rarely resolvable."])
+    versus = tests[tests.reference == reference]
+    family = len(tests) * len(HOLM_FAMILY)
+    val_note = f" on only {val} validation images" if val else ""
+    return (f"What {n} test images can resolve", [[
+        *width,
+        f"{int(versus.resolved.sum())} of {len(versus)} AUC differences against {reference} are resolved: "
+        f"\"resolved\" means a Holm-adjusted p < {ALPHA}, the correction taken over all {family} tests of this "
+        "report (every pair's DeLong and both McNemar tests).",
+        "An unresolved difference is not evidence that two models are equal: these images cannot tell them apart.",
+        f"Thresholds were chosen{val_note}; the intervals at those thresholds do not include that uncertainty, "
+        "and neither do they include the choice of the reference on the same validation images."]])
 
 
 def _md_table(frame: pd.DataFrame) -> str:

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 from matplotlib.figure import Figure
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import precision_recall_curve
+from sklearn.metrics import roc_curve as sk_roc_curve
 
 from .metrics import confusion
 
@@ -39,14 +42,7 @@ def confusion_matrices(y, p, thresholds: dict[str, float], title: str = "") -> F
 
 
 def roc_points(y, p) -> tuple[np.ndarray, np.ndarray]:
-    y, p = np.asarray(y), np.asarray(p)
-    order = np.argsort(-p, kind="mergesort")
-    y_sorted, p_sorted = y[order], p[order]
-    distinct = np.r_[np.flatnonzero(np.diff(p_sorted)), len(y) - 1]
-    tps = np.cumsum(y_sorted)[distinct]
-    fps = (distinct + 1) - tps
-    tpr = np.r_[0, tps / max(y.sum(), 1)]
-    fpr = np.r_[0, fps / max(len(y) - y.sum(), 1)]
+    fpr, tpr, _ = sk_roc_curve(np.asarray(y, dtype=int), np.asarray(p, dtype=np.float64))
     return fpr, tpr
 
 
@@ -75,12 +71,8 @@ def pr_curve(curves: dict[str, tuple], title: str = "Precision–recall") -> Fig
     fig = _figure()
     ax = fig.subplots()
     for label, (y, p, ap) in curves.items():
-        y, p = np.asarray(y), np.asarray(p)
-        order = np.argsort(-p, kind="mergesort")
-        tp = np.cumsum(y[order])
-        precision = tp / np.arange(1, len(y) + 1)
-        recall = tp / max(y.sum(), 1)
-        ax.step(np.r_[0, recall], np.r_[1, precision], where="post", lw=2, label=f"{label} (AP {ap:.3f})")
+        precision, recall, _ = precision_recall_curve(np.asarray(y, dtype=int), np.asarray(p, dtype=np.float64))
+        ax.step(recall, precision, where="post", lw=2, label=f"{label} (AP {ap:.3f})")
     ax.set_xlabel("recall (sensitivity)")
     ax.set_ylabel("precision")
     ax.set_xlim(0, 1)
@@ -91,15 +83,11 @@ def pr_curve(curves: dict[str, tuple], title: str = "Precision–recall") -> Fig
 
 
 def calibration(y, p, bins: int = 10, title: str = "Calibration (test)") -> Figure:
-    y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
-    which = np.minimum((p * bins).astype(int), bins - 1)
-    centres, observed, counts = [], [], []
-    for b in range(bins):
-        inside = which == b
-        if inside.any():
-            centres.append(p[inside].mean())
-            observed.append(y[inside].mean())
-            counts.append(int(inside.sum()))
+    y, p = np.asarray(y, dtype=int), np.asarray(p, dtype=float)
+    observed, centres = calibration_curve(y, p, n_bins=bins, strategy="uniform")
+    # The images behind each point, binned as calibration_curve bins them (empty bins have no point).
+    counts = np.bincount(np.searchsorted(np.linspace(0, 1, bins + 1)[1:-1], p), minlength=bins)
+    counts = counts[counts > 0]
     fig = _figure()
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfect")

@@ -13,10 +13,12 @@ import pandas as pd
 import yaml
 
 from . import comparison, config as config_mod, tracking
+from .baseline import IntensityBaseline
 from .config import Config
 from .errors import ConfigError
-from .promotion import Candidate, check_metric, rank
-from .train import ExperimentResult, prepare_data, run_experiment
+from .metrics import roc_auc, youden_threshold
+from .promotion import Candidate, check_metric, rank_experiments
+from .train import ExperimentResult, PreparedData, prepare_data, run_experiment
 
 log = logging.getLogger(__name__)
 SUITE_KEYS = {"experiments", "seeds", "protocol", "promotion", "quick"}
@@ -78,8 +80,17 @@ def experiment_config(suite: SuiteConfig, experiment: str, seed: int, *, quick: 
     overrides = {**suite.protocol, **(suite.quick if quick else {}), "seed": seed}
     cfg = config_mod.load(config_mod.experiment_path(experiment), **overrides)
     if len(suite.seeds) > 1:
-        cfg = cfg.replace(name=f"{cfg.name} (seed {seed})")
+        cfg = cfg.replace(name=f"{cfg.name}{_seed_suffix(seed)}")
     return cfg
+
+
+def _seed_suffix(seed: int) -> str:
+    return f" (seed {seed})"
+
+
+def experiment_name(cfg: Config) -> str:
+    """The experiment a run belongs to, without the seed that tells its runs apart."""
+    return cfg.name.removesuffix(_seed_suffix(cfg.seed))
 
 
 def run_suite(suite: SuiteConfig, *, quick: bool = False, progress: bool = True, resume_run_id: str | None = None,
@@ -116,18 +127,24 @@ def run_suite(suite: SuiteConfig, *, quick: bool = False, progress: bool = True,
         if finished:
             t0 = time.perf_counter()
             reference = validation_winner(finished, suite.promotion["metric"])
-            result.comparison = comparison.compare(outcomes, reference=reference,
-                                                   bootstrap=configs[0].bootstrap, seed=configs[0].seed)
+            if data is None:  # every child finished in an earlier attempt: the baseline still needs the split
+                data = prepare_data(configs[0], progress=progress)
+            result.comparison = comparison.compare(outcomes + baseline_outcomes(data, suite.seeds),
+                                                   reference=reference, bootstrap=configs[0].bootstrap,
+                                                   seed=configs[0].seed)
             with tempfile.TemporaryDirectory() as tmp:
                 comparison.write(result.comparison, Path(tmp))
                 parent.log_dir(tmp, "comparison")
             timings["comparison_s"] = time.perf_counter() - t0
         if any(o.version for o in finished):
             p = suite.promotion
+            # The suite's own versions compete, ranked by experiment: the best version of the experiment
+            # with the best mean over seeds (promotion.decide), against a comparable champion.
             result.decision = tracking.promote(configs[0].registered_model_name, metric=p["metric"],
                                                alias=p["alias"], margin=float(p["margin"]),
-                                               challenger=p.get("challenger"))
-            parent.set_tags({"promotion.decision": result.decision.reason})
+                                               challenger=p.get("challenger"),
+                                               experiments={o.version: o.name for o in finished if o.version})
+            parent.set_tags({"promotion.decision": result.decision.reason[:5000]})
         timings["suite_wall_s"] = time.perf_counter() - start
         parent.log_metrics({"n_finished": len(finished), "n_failed": len(outcomes) - len(finished),
                             **{f"time_{k}": v for k, v in timings.items()}})
@@ -144,18 +161,22 @@ def _run_child(cfg: Config, data, parent_run_id: str, resume_child: str | None, 
     except Exception as e:  # noqa: BLE001 - one experiment failing must not lose the others
         reason = str(e).splitlines()[0] if str(e) else e.__class__.__name__
         log.error("%s failed: %s", cfg.name, reason)
-        return comparison.Outcome(cfg.name, cfg.seed, "", "FAILED", error=f"{e.__class__.__name__}: {reason}")
+        return comparison.Outcome(experiment_name(cfg), cfg.seed, "", "FAILED",
+                                  error=f"{e.__class__.__name__}: {reason}")
     for key, value in result.timings.items():
         timings[key] = timings.get(key, 0.0) + value
-    return _outcome(result)
+    return _outcome(result, data)
 
 
-def _outcome(result: ExperimentResult) -> comparison.Outcome:
+def _outcome(result: ExperimentResult, data: PreparedData) -> comparison.Outcome:
+    test = data.split.part("test")
     return comparison.Outcome(
-        result.name, result.config.seed, result.run_id, "FINISHED", threshold=result.threshold,
+        experiment_name(result.config), result.config.seed, result.run_id, "FINISHED", threshold=result.threshold,
         val_targets=result.val["targets"], val_probs=result.val["probs"],
         test_targets=result.test["targets"], test_probs=result.test["probs"],
-        history=result.history, best_epoch=result.best_epoch, version=result.version)
+        history=result.history, best_epoch=result.best_epoch, version=result.version,
+        test_groups=test["patient_id"].astype(str).to_numpy(), test_paths=test["path"].to_numpy(),
+        weights_source=result.weights_source)
 
 
 def _outcome_of_finished_run(run, cfg: Config) -> comparison.Outcome:
@@ -168,16 +189,31 @@ def _outcome_of_finished_run(run, cfg: Config) -> comparison.Outcome:
                                                         "val_accuracy", "val_auc"])
     m = run.data.metrics
     return comparison.Outcome(
-        cfg.name, cfg.seed, run.info.run_id, "FINISHED", threshold=m.get("val_threshold", 0.5),
+        experiment_name(cfg), cfg.seed, run.info.run_id, "FINISHED", threshold=m.get("val_threshold", 0.5),
         val_targets=val["target"].to_numpy(), val_probs=val["probability"].to_numpy(),
         test_targets=test["target"].to_numpy(), test_probs=test["probability"].to_numpy(),
         history=history, best_epoch=int(m.get("best_epoch", 0)),
-        version=run.data.tags.get("pneumo_ml.registered_version"))
+        version=run.data.tags.get("pneumo_ml.registered_version"),
+        test_groups=test["patient_id"].astype(str).to_numpy(), test_paths=test["path"].to_numpy(),
+        weights_source=run.data.params.get("weights_source", ""))
+
+
+def baseline_outcomes(data: PreparedData, seeds: tuple[int, ...]) -> list[comparison.Outcome]:
+    """The IntensityBaseline fitted on the training split, its threshold chosen on validation like every
+    model's; one (identical) outcome per seed, so it is paired with the reference of each seed."""
+    model = IntensityBaseline().fit(data.images["train"], data.targets["train"])
+    val, test = model.predict_proba(data.images["val"]), model.predict_proba(data.images["test"])
+    part = data.split.part("test")
+    return [comparison.Outcome(
+        IntensityBaseline.name, seed, "", "FINISHED", threshold=youden_threshold(data.targets["val"], val),
+        val_targets=data.targets["val"], val_probs=val, test_targets=data.targets["test"], test_probs=test,
+        test_groups=part["patient_id"].astype(str).to_numpy(), test_paths=part["path"].to_numpy(),
+        weights_source=comparison.BASELINE_WEIGHTS) for seed in seeds]
 
 
 def validation_winner(outcomes: list[comparison.Outcome], metric: str) -> str:
-    """The experiment the others are tested against: best on validation, like promotion."""
-    from .metrics import roc_auc
+    """The experiment the others are tested against: the best mean validation figure over its seeds (ties:
+    the lower mean validation loss), the rule promotion applies to a suite's versions."""
     higher = check_metric(metric)
 
     def figure(o: comparison.Outcome, name: str) -> float:
@@ -190,7 +226,7 @@ def validation_winner(outcomes: list[comparison.Outcome], metric: str) -> str:
 
     candidates = [Candidate(str(i), o.name, o.run_id, figure(o, metric), figure(o, "val_loss"))
                   for i, o in enumerate(outcomes)]
-    ranked = rank(candidates, higher)
+    ranked = rank_experiments(candidates, higher)
     return ranked[0].experiment if ranked else outcomes[0].name
 
 

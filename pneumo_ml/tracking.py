@@ -363,17 +363,19 @@ def tracking_uri() -> str:
 
 
 def promote(name: str = MODEL_NAME, *, metric: str = "val_auc", alias: str = "champion", margin: float = 0.0,
-            challenger: str | None = "challenger"):
-    """Set `alias` on the validation winner if it beats the current holder by `margin`; `challenger` on the
-    runner-up; the decision and its reason go on the winner's version tags."""
-    from .promotion import Candidate, check_metric, decide
+            challenger: str | None = "challenger", experiments: dict[str, str] | None = None):
+    """Set `alias` on the validation winner among comparable versions if it beats the current holder by
+    `margin`; `challenger` on the runner-up; the decision and its reason go on the winner's version tags.
+    `experiments` (version -> experiment, a suite's versions) ranks those by experiment (promotion.decide)."""
+    from .promotion import Candidate, check_metric, decide, split_of
     check_metric(metric)
     versions = model_versions(name)
     if not versions:
         raise TrackingError(f"no registered versions of {name!r} in {mlflow.get_tracking_uri()}")
     candidates = [Candidate(str(v.version), v.tags.get("experiment", ""), v.run_id or "",
-                            _version_figure(v, metric), _version_figure(v, "val_loss")) for v in versions]
-    decision = decide(candidates, alias_version(name, alias), metric=metric, margin=margin)
+                            _version_figure(v, metric), _version_figure(v, "val_loss"), split_of(v.tags))
+                  for v in versions]
+    decision = decide(candidates, alias_version(name, alias), metric=metric, margin=margin, experiments=experiments)
     if decision.promote and decision.winner:
         set_alias(name, alias, decision.winner.version)
     if challenger and decision.runner_up and decision.runner_up.version != alias_version(name, alias):
@@ -381,7 +383,7 @@ def promote(name: str = MODEL_NAME, *, metric: str = "val_auc", alias: str = "ch
     if decision.winner:
         set_version_tags(name, decision.winner.version, {
             "promotion.decision": f"{'promoted to' if decision.promote else 'remains'} @{alias}",
-            "promotion.reason": decision.reason,
+            "promotion.reason": decision.reason[:5000],
             "promotion.metric": metric,
             "promotion.time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         })

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import io
 import logging
 import math
@@ -31,6 +32,7 @@ from .io import read_xray
 from .loaders import BatchLoader
 from .models import create_model, normalization, unwrap
 from .predictor import ModelCard
+from .promotion import comparability_tags
 from .transforms import BatchTransform
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,14 @@ class PreparedData:
     targets: dict[str, np.ndarray]
     skipped: pd.DataFrame
     seconds: float = 0.0
+    digest: str = ""  # split_digest: what makes two runs' validation figures comparable
+
+
+def split_digest(frame: pd.DataFrame, cache: DecodedCache) -> str:
+    """A content digest of the split: which file bytes, with which label, in which split. Paths do not enter:
+    the same images copied elsewhere are the same split; one changed or added image is another."""
+    lines = sorted(f"{row.split},{row.label},{cache.content_hash(row.path)}" for row in frame.itertuples())
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -61,6 +71,7 @@ class ExperimentResult:
     test: dict = field(default_factory=dict)  # targets, probs
     model_uri: str | None = None
     version: str | None = None
+    weights_source: str = ""
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -94,7 +105,8 @@ def prepare_data(config: Config, cache: DecodedCache | None = None, progress: bo
         for name in ("train", "val", "test"):
             if len(np.unique(targets[name])) < 2:
                 raise DataError(f"{name}: after skipping unreadable files one class is left; cannot evaluate")
-    return PreparedData(split, images, targets, skipped_frame, time.perf_counter() - start)
+    return PreparedData(split, images, targets, skipped_frame, time.perf_counter() - start,
+                        split_digest(split.frame, cache))
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -172,6 +184,7 @@ def run_experiment(config: Config, *, data: PreparedData | None = None, parent_r
     with run_context as run:
         result.run_id = run.run_id
         setup = build(config, data, device, world)
+        result.weights_source = setup.weights_source
         state = _resume_state(run, setup.model, setup.optimizer) if resume_run_id else None
         if state is None:
             _log_setup(run, config, data, setup.weights_source, device, world)
@@ -247,8 +260,9 @@ def _evaluate_and_log(run, result: ExperimentResult, setup: Setup, config: Confi
                       world: distributed.World) -> None:
     model, loaders, eval_tf = setup.model, setup.loaders, setup.eval_tf
     start = time.perf_counter()
-    val = engine.evaluate(model, loaders["val"], None, eval_tf, amp=config.amp)
-    test = engine.evaluate(model, loaders["test"], None, eval_tf, amp=config.amp)
+    # float32, as the pyfunc serves: the threshold chosen here is the one applied to served probabilities.
+    val = engine.evaluate(model, loaders["val"], None, eval_tf, amp=False)
+    test = engine.evaluate(model, loaders["test"], None, eval_tf, amp=False)
     threshold = metrics.youden_threshold(val["targets"], val["probs"])
     result.val, result.test, result.threshold = val, test, threshold
     final = {"best_epoch": float(result.best_epoch), "val_threshold": threshold}
@@ -256,9 +270,11 @@ def _evaluate_and_log(run, result: ExperimentResult, setup: Setup, config: Confi
         final.update({f"{prefix}_{k}": v for k, v in metrics.binary_metrics(part["targets"], part["probs"]).items()
                       if k not in ("tn", "fp", "fn", "tp") or prefix == "test"})
     tuned = metrics.binary_metrics(test["targets"], test["probs"], threshold)
+    patients = data.split.part("test")["patient_id"].to_numpy()
     final.update({f"test_tuned_{k}": tuned[k] for k in ("accuracy", "sensitivity", "specificity", "precision", "f1")})
     for prefix, t in (("test", 0.5), ("test_tuned", threshold)):
-        intervals = metrics.bootstrap_ci(test["targets"], test["probs"], t, n_boot=config.bootstrap, seed=config.seed)
+        intervals = metrics.bootstrap_ci(test["targets"], test["probs"], t, groups=patients, n_boot=config.bootstrap,
+                                         seed=config.seed)
         for name, (low, high) in intervals.items():
             if prefix == "test_tuned" and name == "auc":
                 continue
@@ -361,6 +377,8 @@ def _log_and_register_model(run, result: ExperimentResult, setup: Setup, config:
         validation = {"val_auc": m.get("best_val_auc"), "val_accuracy": m.get("best_val_accuracy"),
                       "val_loss": best.get("val_loss")}  # what promotion ranks versions by
         tags.update({k: f"{math.nan if v is None else v:.6f}" for k, v in validation.items()})
+        tags.update(comparability_tags(data.digest, config.image_size, {k: len(v) for k, v in data.targets.items()},
+                                       float(np.mean(data.targets["val"]))))
         for key in ("test_auc", "test_accuracy", "test_tuned_accuracy", "test_sensitivity", "test_specificity"):
             tags[key] = f"{m.get(key, math.nan):.6f}"
         version = tracking.register(result.model_uri, name=config.registered_model_name, tags=tags)
@@ -387,5 +405,6 @@ def summary_table(result: ExperimentResult) -> str:
         lines.append(f"  Grad-CAM pointing game {m['cam_pointing_game']:.2f} "
                      f"(uniform map {m['cam_pointing_game_uniform']:.2f}), energy in lesion "
                      f"{m['cam_energy_in_mask']:.2f} (uniform {m['cam_energy_in_mask_uniform']:.2f})")
-    lines.append("  test figures on the test split (95 % bootstrap intervals); research use, not for diagnosis")
+    lines.append("  test figures on the test split (95 % intervals: patients resampled within each class); "
+                 "research use, not for diagnosis")
     return "\n".join(lines)

@@ -5,16 +5,18 @@ import io
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
 from pneumo_ml import metrics
-from pneumo_ml.comparison import FILES, Comparison, Outcome, compare, write
+from pneumo_ml.comparison import BASELINE, BASELINE_WEIGHTS, FILES, Comparison, Outcome, _adjust, compare, write
 
 Y_TEST = np.r_[np.zeros(50, int), np.ones(50, int)]
 Y_VAL = np.r_[np.zeros(8, int), np.ones(8, int)]
 # Separation d between class means of unit-variance scores gives AUC ≈ Φ(d/√2).
-SEPARATION = {"ResNet50_Aug": 2.33, "ResNet50_NoAug": 2.09, "SmallCNN": 0.36}
+SEPARATION = {"ResNet50_Aug": 2.33, "ResNet50_NoAug": 2.09, "SmallCNN": 0.36, "IntensityBaseline": 0.5}
+PATHS = np.array([f"test/{'PNEUMONIA' if y else 'NORMAL'}/{i}.png" for i, y in enumerate(Y_TEST)])
 
 
 def outcome(name: str, seed: int = 0, shift: float = 0.0) -> Outcome:
@@ -29,7 +31,8 @@ def outcome(name: str, seed: int = 0, shift: float = 0.0) -> Outcome:
     return Outcome(name=name, seed=seed, run_id=f"run-{name}-{seed}", status="FINISHED",
                    threshold=metrics.youden_threshold(Y_VAL, probs["val"]), val_targets=Y_VAL,
                    val_probs=probs["val"], test_targets=Y_TEST, test_probs=probs["test"], history=history,
-                   best_epoch=2, version=f"{seed + 1}")
+                   best_epoch=2, version=None if name == BASELINE else f"{seed + 1}", test_paths=PATHS,
+                   weights_source=BASELINE_WEIGHTS if name == BASELINE else "random")
 
 
 def failed(name: str = "ViT_Tiny", seed: int = 0) -> Outcome:
@@ -37,10 +40,11 @@ def failed(name: str = "ViT_Tiny", seed: int = 0) -> Outcome:
                    error="RuntimeError: CUDA out of memory")
 
 
-def suite(seeds=(0,)) -> list[Outcome]:
+def suite(seeds=(0,), baseline=False) -> list[Outcome]:
     # The good model's scores sit above 0.5 (like the seed's ResNets), so the validation threshold matters.
     return [o for s in seeds for o in (outcome("SmallCNN", s), outcome("ResNet50_Aug", s, shift=1.5),
-                                      outcome("ResNet50_NoAug", s))] + [failed()]
+                                      outcome("ResNet50_NoAug", s))] + [failed()] + \
+        ([outcome(BASELINE, s) for s in seeds] if baseline else [])
 
 
 @pytest.fixture(scope="module")
@@ -96,10 +100,10 @@ def test_bad_difference_is_resolved_and_similar_is_not(result):
     assert bad.n_test == 100 and bad.only_experiment_right + bad.only_reference_right > 0
     assert 0 <= similar.tuned_mcnemar_p <= 1
     md = result.markdown
-    assert re.search(r"SmallCNN vs ResNet50_Aug: AUC [\d.]+ vs [\d.]+, resolved \(p [<=] [\d.]+\)", md)
+    assert re.search(r"SmallCNN vs ResNet50_Aug: AUC [\d.]+ vs [\d.]+, resolved \(adjusted p [<=] [\d.]+\)", md)
     assert re.search(r"ResNet50_NoAug vs ResNet50_Aug: .*the 100 test images cannot resolve this difference "
-                     r"\(p = 0\.\d+\)", md)
-    assert "Test set: 100 images (50 NORMAL, 50 PNEUMONIA); validation set: 16 images" in md
+                     r"\(adjusted p = [\d.]+\)", md)
+    assert "Test set: 100 images (50 NORMAL, 50 PNEUMONIA) from 100 patients; validation set: 16 images" in md
     assert "Research use, not for diagnosis." in md
     assert "| Model | Accuracy | AUC | Sensitivity | Specificity |" in md
     assert re.search(r"\| ResNet50_Aug \(reference\) \| 0\.\d\d \[0\.\d\d, [01]\.\d\d\] \|", md)
@@ -146,6 +150,7 @@ def test_several_seeds_give_mean_and_std():
                     for o in outcomes if o.name == "SmallCNN"]
     assert r.auc_ci_low == pytest.approx(np.mean(per_seed_low))
     assert len(c.tests) == 6 and sorted(c.tests.seed) == [0, 0, 1, 1, 2, 2]
+    assert re.search(r"\| ResNet50_Aug \(reference\) \| [\d.]+ ± [\d.]+ \| [\d.]+ ± [\d.]+ \[", c.markdown)
     assert re.search(r"\| SmallCNN \| 0\.\d\d ± 0\.\d\d \[", c.markdown)
     assert "mean of the per-seed bootstrap bounds" in c.markdown
 
@@ -163,3 +168,82 @@ def test_nothing_finished_still_writes_a_report(tmp_path):
     c = compare([failed(), failed("SmallCNN")], reference="SmallCNN", bootstrap=100)
     assert c.reference == "" and c.tests.empty and len(c.failed) == 2
     assert all(p.is_file() for p in write(c, tmp_path))
+
+
+@pytest.fixture(scope="module")
+def with_baseline() -> Comparison:
+    return compare(suite(baseline=True), reference="ResNet50_Aug", bootstrap=300, seed=0)
+
+
+def test_the_baseline_is_a_row_with_its_own_tests_and_a_verdict_per_model(with_baseline, tmp_path):
+    c = with_baseline
+    base = row(c.table, BASELINE)
+    assert base.n_seeds == 1 and base.weights_source == BASELINE_WEIGHTS and not base.is_reference
+    assert base.auc_ci_low <= base.auc <= base.auc_ci_high
+    against_reference = c.tests[(c.tests.experiment == BASELINE) & (c.tests.reference == "ResNet50_Aug")]
+    assert len(against_reference) == 1 and against_reference.resolved.iloc[0]
+    against_baseline = c.tests[c.tests.reference == BASELINE]
+    assert set(against_baseline.experiment) == {"SmallCNN", "ResNet50_NoAug"}
+    verdict = c.table.set_index("experiment").beats_baseline
+    assert verdict["ResNet50_Aug"] == "yes" and verdict["ResNet50_NoAug"] == "yes" and verdict["SmallCNN"] == "no"
+    assert "ResNet50_Aug beats the IntensityBaseline" in c.markdown
+    assert "SmallCNN is not shown to beat the IntensityBaseline" in c.markdown
+    write(c, tmp_path)
+    csv = pd.read_csv(tmp_path / "results.csv")
+    assert BASELINE in set(csv.experiment) and "weights_source" in csv.columns
+    assert set(csv.weights_source.dropna()) == {"random", BASELINE_WEIGHTS}
+    page = (tmp_path / "report.html").read_text()
+    assert "Weights" in page and "Validation AUC (selection statistic)" in page and BASELINE_WEIGHTS in page
+
+
+def test_resolved_means_a_holm_adjusted_p_value_over_the_whole_report(with_baseline):
+    tests = with_baseline.tests
+    family = np.concatenate([tests[c].to_numpy(float) for c in ("delong_p", "mcnemar_p", "tuned_mcnemar_p")])
+    np.testing.assert_allclose(tests.delong_p_holm, metrics.holm(family)[:len(tests)])
+    assert (tests.resolved == (tests.delong_p_holm < 0.05)).all()
+    assert (tests.delong_p_holm >= tests.delong_p).all()
+    two = pd.DataFrame({"delong_p": [0.03, 0.001], "mcnemar_p": [0.5, 0.5], "tuned_mcnemar_p": [0.5, 0.5]})
+    adjusted = _adjust(two)  # six tests: 0.03 raw would have been "resolved" before the correction
+    assert adjusted.delong_p_holm.tolist() == pytest.approx([0.15, 0.006])
+    assert adjusted.resolved.tolist() == [False, True]
+    assert "Holm-adjusted p < 0.05" in with_baseline.markdown
+
+
+def test_the_same_test_images_guard_compares_paths():
+    moved = outcome("SmallCNN")
+    moved.test_paths = np.array([p.replace("test/", "other/") for p in PATHS])  # same labels, other images
+    c = compare([moved, outcome("ResNet50_Aug", shift=1.5)], reference="ResNet50_Aug", bootstrap=100)
+    assert c.tests.empty and "SmallCNN (seed 0) was not tested against ResNet50_Aug: its test images differ" \
+        in c.markdown
+
+
+def test_intervals_and_paired_tests_resample_patients():
+    # Each patient contributes two images with the same score: twice the images, not twice the evidence.
+    def doubled(o: Outcome, patients: bool) -> Outcome:
+        return Outcome(o.name, 0, o.run_id, "FINISHED", threshold=o.threshold, val_targets=o.val_targets,
+                       val_probs=o.val_probs, test_targets=np.repeat(o.test_targets, 2),
+                       test_probs=np.repeat(o.test_probs, 2), test_paths=np.repeat(PATHS, 2),
+                       test_groups=np.repeat(np.arange(100), 2) if patients else None)
+    pair = [outcome("SmallCNN"), outcome("ResNet50_NoAug")]
+    naive = compare([doubled(o, False) for o in pair], reference="ResNet50_NoAug", bootstrap=400)
+    clustered = compare([doubled(o, True) for o in pair], reference="ResNet50_NoAug", bootstrap=400)
+    single_ci = metrics.bootstrap_ci(Y_TEST, pair[0].test_probs, 0.5, n_boot=400)["auc"]
+    single_p = metrics.delong_test(Y_TEST, pair[0].test_probs, pair[1].test_probs)["p_value"]
+    width = {k: (lambda r: r.auc_ci_high - r.auc_ci_low)(row(c.table, "SmallCNN"))
+             for k, c in (("naive", naive), ("clustered", clustered))}
+    single = single_ci[1] - single_ci[0]
+    assert width["naive"] < 0.8 * single and width["clustered"] == pytest.approx(single, rel=0.2)
+    p = {k: c.tests.delong_p.iloc[0] for k, c in (("naive", naive), ("clustered", clustered))}
+    assert p["clustered"] == pytest.approx(single_p, rel=0.05) and p["naive"] < single_p
+    assert clustered.tests.n_patients.iloc[0] == 100 and "from 100 patients" in clustered.markdown
+
+
+def test_a_zero_variance_delong_is_p_one_with_a_note():
+    perfect = outcome("ResNet50_Aug")
+    perfect.test_probs = np.where(Y_TEST == 1, 0.9, 0.1)
+    flat = outcome("SmallCNN")
+    flat.test_probs = np.full(100, 0.5)
+    c = compare([flat, perfect], reference="ResNet50_Aug", bootstrap=0)
+    t = c.tests.iloc[0]
+    assert t.delong_p == 1.0 and not t.resolved and "zero estimated variance" in t.delong_note
+    assert "zero estimated variance" in c.markdown

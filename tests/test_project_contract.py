@@ -51,3 +51,12 @@ def test_every_config_key_can_be_set_from_the_command_line():
     assert direct <= options
     # The rest go through --set KEY=VALUE, which rejects unknown keys like the YAML does.
     assert "sets" in options
+
+
+def test_promote_parameters_are_promote_options_with_the_same_defaults():
+    entry = mlproject()["entry_points"]["promote"]
+    options = {p.name: p.default for p in cli.promote.params}
+    assert {"model_name", "metric", "alias", "margin"} <= set(entry["parameters"])
+    for name, spec in entry["parameters"].items():
+        assert name in options and f"{{{name}}}" in entry["command"], name
+        assert str(spec["default"]) == str(options[name]), name

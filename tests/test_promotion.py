@@ -7,13 +7,16 @@ from mlflow.tracking import MlflowClient
 
 from pneumo_ml import tracking
 from pneumo_ml.errors import ConfigError
-from pneumo_ml.promotion import Candidate, decide
+from pneumo_ml.promotion import (IMAGE_SIZE_TAG, SPLIT_DIGEST_TAG, SPLIT_SIZES_TAG, VAL_PREVALENCE_TAG, Candidate,
+                                  comparability_tags, decide, split_of)
 
 NAME = "pneumonia-classifier"
+SPLIT = comparability_tags("abc123", 224, {"train": 200, "val": 16, "test": 100}, 0.5)
+SMALL_VAL = comparability_tags("def456", 224, {"train": 200, "val": 4, "test": 100}, 0.5)
 
 
-def c(version, score, loss=0.5, experiment="X"):
-    return Candidate(str(version), experiment, "", score, loss)
+def c(version, score, loss=0.5, experiment="X", split=SPLIT):
+    return Candidate(str(version), experiment, "", score, loss, split_of(split))
 
 
 def test_decide_margin_ties_and_refusals():
@@ -33,9 +36,46 @@ def test_decide_margin_ties_and_refusals():
     assert decide([c(1, math.nan)], None, metric="val_auc").winner is None
 
 
+def test_only_versions_on_the_champions_split_compete():
+    decision = decide([c(1, 0.77), c(2, 1.00, split=SMALL_VAL), c(3, 0.80)], "1", metric="val_auc")
+    assert decision.promote and decision.winner.version == "3"
+    assert ("left out as not comparable with champion v1: v2 (another split digest, split sizes 200/4/100, "
+            "not 200/16/100)") in decision.reason
+    kept = decide([c(1, 0.77), c(2, 1.00, split=SMALL_VAL)], "1", metric="val_auc")
+    assert not kept.promote and kept.winner.version == "1" and kept.runner_up is None
+    assert "comparable" in kept.reason and "v2" in kept.reason and "\n" not in kept.reason
+    image_size = comparability_tags("abc123", 64, {"train": 200, "val": 16, "test": 100}, 0.5)
+    assert "image size 64, not 224" in decide([c(1, 0.7), c(2, 0.9, split=image_size)], "1", metric="val_auc").reason
+
+
+def test_without_a_champion_the_newest_split_is_the_field():
+    decision = decide([c(1, 0.95), c(2, 0.80, split=SMALL_VAL), c(3, 0.70, split=SMALL_VAL)], None, metric="val_auc")
+    assert decision.promote and decision.winner.version == "2"
+    assert "no current champion: candidates are those of the newest split (v3's)" in decision.reason
+    assert "v1 (another split digest" in decision.reason
+
+
+def test_an_untagged_champion_is_kept_and_untagged_versions_never_compete():
+    untagged = Candidate("1", "X", "", 0.5, 0.5, None)
+    decision = decide([untagged, c(2, 0.99)], "1", metric="val_auc")
+    assert not decision.promote and "champion v1 has no split tags, so no version is comparable" in decision.reason
+    alone = decide([untagged, c(2, 0.6)], None, metric="val_auc")
+    assert alone.winner.version == "2" and "v1 (no split tags)" in alone.reason
+
+
+def test_a_suite_promotes_the_best_version_of_the_experiment_with_the_best_mean():
+    # The issue's example: A wins on one lucky seed (0.97), B on the mean (0.85 vs 0.69).
+    versions = [c(1, 0.97), c(2, 0.56), c(3, 0.53), c(4, 0.84), c(5, 0.86), c(6, 0.86, loss=0.4), c(7, 0.99)]
+    suite = {"1": "A", "2": "A", "3": "A", "4": "B", "5": "B", "6": "B"}  # v7: another suite's, not a contender
+    decision = decide(versions, None, metric="val_auc", experiments=suite)
+    assert decision.winner.version == "6" and decision.winner.experiment == "B"
+    assert decision.runner_up.version == "1" and "B has the best mean over its 3 version(s) (0.8533)" in decision.reason
+
+
 def register(client, run_id, **tags):
     if not client.search_registered_models(f"name = '{NAME}'"):
         client.create_registered_model(NAME)
+    tags = {**SPLIT, **tags}
     return str(client.create_model_version(NAME, f"runs:/{run_id}/model", run_id=run_id,
                                        tags={k: str(v) for k, v in tags.items()}).version)
 
@@ -71,3 +111,37 @@ def test_promote_cli(tmp_path):
     v = register(client, run_id, experiment="ViT_Tiny", val_auc=0.9, val_loss=0.5)
     result = CliRunner().invoke(main, ["promote", "--metric", "val_auc"])
     assert result.exit_code == 0 and f"@champion -> v{v}" in result.output
+
+
+def test_a_version_validated_on_another_split_never_displaces_the_champion():
+    """The issue's reproduction, on tiny real runs: v2 has the better validation AUC on 2 + 2 images."""
+    from click.testing import CliRunner
+    from conftest import TINY
+    from pneumo_ml import config
+    from pneumo_ml.cli import main
+    from pneumo_ml.train import run_experiment
+
+    def train(seed, **overrides):
+        cfg = config.load(config.experiment_path("small_cnn"), **{**TINY, "gradcam_images": 0, "seed": seed,
+                                                                   **overrides})
+        return run_experiment(cfg, progress=False)
+
+    def promote():
+        result = CliRunner().invoke(main, ["promote", "--margin", "0.01"])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    v1 = train(1)
+    assert "@champion -> v1" in promote()
+    v2 = train(2, n_val=4)
+    assert v2.metrics["best_val_auc"] > v1.metrics["best_val_auc"] + 0.01  # the figure that used to win
+    out = promote()
+    assert tracking.alias_version(NAME, "champion") == "1"
+    assert "not comparable with champion v1: v2 (another split digest, split sizes 16/4/12, not 16/8/12)" in out
+    v3 = train(2)
+    assert v3.metrics["best_val_auc"] > v1.metrics["best_val_auc"] + 0.01
+    out = promote()
+    assert tracking.alias_version(NAME, "champion") == "3" and "beats champion v1" in out and "v2 (" in out
+    tags = MlflowClient().get_model_version(NAME, "3").tags
+    assert (tags[SPLIT_SIZES_TAG], tags[IMAGE_SIZE_TAG], tags[VAL_PREVALENCE_TAG]) == ("16/8/12", "32", "0.5000")
+    assert tags[SPLIT_DIGEST_TAG] == MlflowClient().get_model_version(NAME, "1").tags[SPLIT_DIGEST_TAG]

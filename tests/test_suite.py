@@ -1,12 +1,16 @@
 """The suite on the real (shrunk) configuration: four children under one parent, the comparison, the aliases."""
 import math
+import re
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY
 from pneumo_ml import tracking
+from pneumo_ml.promotion import SPLIT_DIGEST_TAG
 from pneumo_ml.suite import load_suite, run_suite
 
 PROTOCOL = {k: v for k, v in TINY.items()}
@@ -14,10 +18,10 @@ COMPARISON = ["comparison/results.md", "comparison/results.csv", "comparison/met
               "comparison/roc_overlay.png", "comparison/dashboard.png", "comparison/report.html"]
 
 
-def suite_file(tmp_path, experiments, **promotion):
+def suite_file(tmp_path, experiments, seeds=(7,), protocol=None, **promotion):
     path = tmp_path / "suite.yaml"
-    path.write_text(yaml.safe_dump({"experiments": experiments, "seeds": [7],
-                                    "protocol": {**PROTOCOL, "pretrained": "false"},
+    path.write_text(yaml.safe_dump({"experiments": experiments, "seeds": list(seeds),
+                                    "protocol": {**PROTOCOL, "pretrained": "false", **(protocol or {})},
                                     "promotion": {"metric": "val_auc", "margin": 0.0, **promotion}}))
     return path
 
@@ -46,6 +50,39 @@ def test_quick_suite_gives_four_children_comparison_and_aliases(tmp_path):
     champion = client.get_model_version("pneumonia-classifier", aliases["champion"])
     assert champion.tags["promotion.decision"] == "promoted to @champion" and champion.tags["promotion.reason"]
     assert client.get_run(result.run_id).data.metrics["n_finished"] == 4
+    table = pd.read_csv(client.download_artifacts(result.run_id, "comparison/results.csv"))
+    assert "IntensityBaseline" in set(table.experiment) and "weights_source" in table.columns
+    assert set(table.set_index("experiment").weights_source.drop("IntensityBaseline")) == {"random"}
+    assert len({v.tags[SPLIT_DIGEST_TAG] for v in versions}) == 1  # one split: every version comparable
+
+
+def test_two_seeds_promote_the_experiment_with_the_best_mean(tmp_path):
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "small_cnn_fast.yaml").write_text(
+        "# SmallCNN with a ten times larger learning rate\nname: SmallCNN_FastLR\nmodel: small_cnn\nlr: 0.01\n")
+    suite = load_suite(suite_file(tmp_path, ["small_cnn", "small_cnn_fast"], seeds=[1, 2],
+                                  protocol={"gradcam_images": 0}))
+    result = run_suite(suite, progress=False)
+    finished = [o for o in result.outcomes if o.status == "FINISHED"]
+    assert sorted((o.name, o.seed) for o in finished) == [("SmallCNN", 1), ("SmallCNN", 2),
+                                                          ("SmallCNN_FastLR", 1), ("SmallCNN_FastLR", 2)]
+    client = MlflowClient()
+    tags = {o.version: client.get_model_version("pneumonia-classifier", o.version).tags for o in finished}
+    by_experiment = {}
+    for o in finished:
+        by_experiment.setdefault(o.name, []).append(
+            (float(tags[o.version]["val_auc"]), float(tags[o.version]["val_loss"]), o.version))
+    means = {name: (np.mean([v[0] for v in vs]), np.mean([v[1] for v in vs])) for name, vs in by_experiment.items()}
+    winner = min(means, key=lambda n: (-means[n][0], means[n][1]))
+    best_of_winner = min(by_experiment[winner], key=lambda v: (-v[0], v[1], int(v[2])))[2]
+    assert tracking.model_aliases("pneumonia-classifier")["champion"] == best_of_winner
+    assert result.comparison.reference == winner and f"{winner} has the best mean" in result.decision.reason
+    table = pd.read_csv(client.download_artifacts(result.run_id, "comparison/results.csv")).set_index("experiment")
+    assert list(table.index) == ["SmallCNN", "SmallCNN_FastLR", "IntensityBaseline"]
+    assert (table.n_seeds == 2).all() and table.loc[winner, "val_auc"] == pytest.approx(means[winner][0])
+    assert "weights_source" in table.columns and pd.isna(table.loc["IntensityBaseline", "beats_baseline"])
+    md = open(client.download_artifacts(result.run_id, "comparison/results.md")).read()
+    assert re.search(r"\| SmallCNN_FastLR[^|]* \| [\d.]+ ± [\d.]+ \[", md)
 
 
 def test_a_failing_child_leaves_the_others_and_the_report_intact(tmp_path):

@@ -142,3 +142,18 @@ def test_skip_bad_skips_counts_and_logs_the_unreadable_files(tiny_config, tmp_pa
                                                                             "person9002_bacteria_1.jpeg"]
     split = pd.read_csv(client.download_artifacts(result.run_id, "data/split.csv"))
     assert len(split) == 10 and not split["path"].isin(skipped["path"]).any()
+
+
+def test_logged_test_probabilities_are_what_the_served_model_returns(trained_model, monkeypatch):
+    """Final evaluation runs in float32 through the serving preprocessing, so the threshold chosen on
+    validation applies to exactly the probabilities the pyfunc serves."""
+    uri, result = trained_model
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    logged = pd.read_csv(MlflowClient().download_artifacts(result.run_id, "predictions/test_predictions.csv"))
+    pyfunc = mlflow.pyfunc.load_model(f"models:/pneumonia-classifier/{result.version}")
+    images = [base64.b64encode(open(path, "rb").read()).decode() for path in logged["path"]]
+    served = pyfunc.predict(pd.DataFrame({"image": images}))
+    np.testing.assert_allclose(served["probability"].to_numpy(), logged["probability"].to_numpy(), rtol=0, atol=1e-6)
+    labels = np.where(logged["probability"] >= result.threshold, "PNEUMONIA", "NORMAL")
+    assert (served["label"].to_numpy() == labels).all()
+    assert (logged["predicted_at_val_threshold"].to_numpy() == labels).all()
