@@ -320,6 +320,20 @@ def data_audit(root, json_path):
     sys.exit(1 if report.leaky else 0)
 
 
+@main.group()
+def store():
+    """The default SQLite tracking store."""
+
+
+@store.command("repair")
+def store_repair():
+    """Finish a schema migration an earlier crash interrupted (drops its leftover tables, then upgrades)."""
+    from .tracking import repair_store, tracking_uri
+    dropped = repair_store()
+    click.echo(f"{tracking_uri()}: " + (f"dropped {', '.join(dropped)}; " if dropped else "nothing left over; ")
+               + "schema up to date")
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (loopback by default).")
 @click.option("--port", default=7860, show_default=True, type=int)

@@ -27,6 +27,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from . import store
 from .errors import TrackingError
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,53 @@ class Interrupted(KeyboardInterrupt):
 
 
 def client() -> MlflowClient:
+    ensure_store()
     return MlflowClient()
+
+
+_READY_STORES: set[str] = set()
+STORE_LOCK_TIMEOUT_S = 600  # a first migration takes seconds; a lock held longer is a hung process
+
+
+def ensure_store() -> None:
+    """Create or migrate a SQLite tracking store under an inter-process lock, once per process and URI.
+
+    MLflow's schema migration is not safe against concurrent first use: two processes migrating one new file at
+    once leave it half-migrated for good. Other stores (a server, PostgreSQL) migrate on their own side."""
+    uri = mlflow.get_tracking_uri()
+    if uri in _READY_STORES:
+        return
+    path = store.sqlite_path(uri)
+    if path is not None:
+        store.check_openable(path)
+        with store.first_use_lock(path):
+            store.check_not_half_migrated(path)
+            fresh = MlflowClient()
+            fresh.search_experiments(max_results=1)  # creates or migrates the tracking tables
+            fresh.search_registered_models(max_results=1)  # and the registry's
+    _READY_STORES.add(uri)
+
+
+def repair_store() -> list[str]:
+    """Drop what an interrupted migration left in the SQLite store, then finish the migration (`mlflow db
+    upgrade`); returns the dropped tables."""
+    from mlflow.store.db.utils import _upgrade_db, create_sqlalchemy_engine
+
+    uri = mlflow.get_tracking_uri()
+    path = store.sqlite_path(uri)
+    if path is None:
+        raise TrackingError(f"{uri}: only a SQLite tracking store is repaired here (a server migrates its own)")
+    store.check_openable(path)
+    with store.first_use_lock(path):
+        dropped = store.drop_leftovers(path)
+        engine = create_sqlalchemy_engine(uri)
+        try:
+            _upgrade_db(engine)
+        finally:
+            engine.dispose()
+    _READY_STORES.discard(uri)
+    ensure_store()
+    return dropped
 
 
 def experiment_id(name: str = EXPERIMENT) -> str:
@@ -277,6 +324,7 @@ def child_runs(parent_run_id: str) -> list:
 
 def register(model_uri: str, *, name: str = MODEL_NAME, tags: dict[str, Any] | None = None):
     """A new version of `name` from a logged model, tagged (experiment, run, validation and test figures)."""
+    ensure_store()
     version = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in (tags or {}).items()})
     return version
 
@@ -348,6 +396,8 @@ def describe_model_uri(uri: str) -> str:
 
 def load_predictor(uri: str, device: str = "cpu"):
     """The Predictor inside a logged pyfunc (any models:/ or runs:/ URI, or a local model folder)."""
+    if uri.startswith(("models:/", "runs:/")):
+        ensure_store()
     try:
         model = mlflow.pyfunc.load_model(uri, model_config={"inference_device": device})
     except (MlflowException, OSError) as e:
