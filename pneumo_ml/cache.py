@@ -10,6 +10,7 @@ import hashlib
 import multiprocessing
 import os
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from . import procs
 from .io import ImageReadError
 from .preprocess import decode_resized
 
@@ -158,9 +160,20 @@ def decode_pool(workers: int) -> ProcessPoolExecutor:
     if workers not in _pools:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload([__name__])
-        _pools[workers] = ProcessPoolExecutor(workers, mp_context=context)
+        _pools[workers] = ProcessPoolExecutor(workers, mp_context=context, initializer=_exit_with,
+                                              initargs=(os.getpid(),))
         atexit.register(_pools[workers].shutdown, wait=False, cancel_futures=True)
     return _pools[workers]
+
+
+def _exit_with(parent: int) -> None:
+    """A worker's watchdog: a parent killed hard (kill -9, the OOM killer) cannot stop its pool, so each worker
+    leaves by itself once the process that started the pool is gone."""
+    def watch() -> None:
+        while procs.alive(parent):
+            time.sleep(1.0)
+        os._exit(0)
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
 def _decode_one(path: str, size: int) -> tuple[np.ndarray | None, str | None]:

@@ -27,7 +27,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-from . import store
+from . import procs, store
 from .errors import TrackingError
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,9 @@ MODEL_NAME = "pneumonia-classifier"
 PACKAGE_DIR = Path(__file__).resolve().parent
 SERVING_REQUIREMENTS = ("torch", "torchvision", "timm", "numpy", "pandas", "pillow", "pydicom", "scipy",
                         "captum", "matplotlib", "mlflow")
+
+
+PROCESS_TAG = "pneumo_ml.process"  # 'host pid start' of the process that has the run open
 
 
 class Interrupted(KeyboardInterrupt):
@@ -252,15 +255,17 @@ def start_run(run_name: str, *, parent_run_id: str | None = None, resume_run_id:
     c = client()
     env_run = os.environ.pop("MLFLOW_RUN_ID", None) if parent_run_id is None else None
     run_id = resume_run_id or env_run
+    tags = {**(tags or {}), PROCESS_TAG: procs.owner_token()}
     if run_id:
+        if resume_run_id:
+            check_resumable(resume_run_id)
         try:
             c.update_run(run_id, status="RUNNING")
         except MlflowException as e:
             raise TrackingError(f"cannot open run {run_id}: {str(e).splitlines()[0]}") from e
-        if tags:
-            RunLogger(run_id).set_tags(tags)
+        RunLogger(run_id).set_tags(tags)
     else:
-        all_tags = {MLFLOW_RUN_NAME: run_name, **(tags or {})}
+        all_tags = {MLFLOW_RUN_NAME: run_name, **tags}
         if parent_run_id:
             all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
         run_id = c.create_run(experiment_id(experiment), tags=all_tags, run_name=run_name).info.run_id
@@ -295,6 +300,33 @@ def _raise_on_sigterm():
 def _restore_sigterm(previous) -> None:
     if previous is not None:
         signal.signal(signal.SIGTERM, previous)
+
+
+def check_resumable(run_id: str) -> None:
+    """Refuse, before anything changes, a run that is finished or whose process still runs."""
+    run = get_run(run_id)
+    status = run.info.status
+    if status == "FINISHED":
+        raise TrackingError(f"run {run_id} already finished; nothing to resume")
+    if status in ("RUNNING", "SCHEDULED"):
+        owner = run.data.tags.get(PROCESS_TAG, "")
+        verdict = procs.owner_alive(owner) if owner else None
+        host, _, rest = owner.partition(" ")
+        if verdict is True:
+            raise TrackingError(f"run {run_id} is still running (pid {rest.split(' ')[0]} on {host}); stop it first")
+        if verdict is None:
+            where = f"on host {host}" if owner else "in a process it did not record"
+            raise TrackingError(f"run {run_id} is RUNNING {where}; only there can pneumo-ml tell whether it still "
+                                f"runs: resume it there")
+
+
+def resumable(run) -> bool:
+    """A run that --resume may continue: killed, or left RUNNING by a process that is gone."""
+    status = run.info.status
+    if status == "KILLED":
+        return True
+    owner = run.data.tags.get(PROCESS_TAG)
+    return status == "RUNNING" and bool(owner) and procs.owner_alive(owner) is False
 
 
 def get_run(run_id: str):
