@@ -20,7 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import procs
-from .io import ImageReadError
+from .io import ImageReadError, read_file
 from .preprocess import decode_resized
 
 DEFAULT_MEMORY_BYTES = 8 << 30
@@ -84,9 +84,19 @@ class DecodedCache:
             return None
         memo = (path, st.st_mtime_ns, st.st_size)
         if memo not in self._keys:
-            with open(path, "rb") as f:
-                self._keys[memo] = hashlib.sha1(f.read()).hexdigest()
+            try:
+                self._keys[memo] = hashlib.sha1(read_file(path)).hexdigest()
+            except ImageReadError:
+                return None  # decoding it fails the same way, and reports why: a skippable failure
         return f"{self._keys[memo]}-{size}"
+
+    def content_hash(self, path: str) -> str | None:
+        """The content hash `load` computed for `path` (None if it could not be read)."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return self._keys.get((path, st.st_mtime_ns, st.st_size))
 
     def _get(self, key: str) -> np.ndarray | None:
         with self._lock:
@@ -180,7 +190,7 @@ def _decode_one(path: str, size: int) -> tuple[np.ndarray | None, str | None]:
     try:
         return decode_resized(path, size), None
     except ImageReadError as e:
-        return None, str(e)
+        return None, str(e).removeprefix(f"{path}: ")  # the reason alone: callers list it beside the path
 
 
 def image_array(n: int, size: int, *, spill_dir: Path, max_bytes: int = DEFAULT_MEMORY_BYTES,

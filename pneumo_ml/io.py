@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import stat
 import warnings
 from typing import BinaryIO
 
@@ -20,7 +21,7 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-__all__ = ["MAX_PIXELS", "SUPPORTED_FORMATS", "ImageReadError", "read_xray"]
+__all__ = ["MAX_PIXELS", "SUPPORTED_FORMATS", "ImageReadError", "open_regular", "read_file", "read_xray"]
 
 MAX_PIXELS = 50_000_000
 SUPPORTED_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "DICOM")
@@ -82,18 +83,53 @@ def read_xray(
     if not isinstance(path, str):
         raise TypeError("read_xray expects a str path; bytes are read as image data")
     label = name or path
-    try:
-        fp = open(path, "rb")
-    except FileNotFoundError as e:
-        raise ImageReadError(f"{label}: file not found") from e
-    except IsADirectoryError as e:
-        raise ImageReadError(f"{label}: is a directory") from e
-    except PermissionError as e:
-        raise ImageReadError(f"{label}: permission denied") from e
-    except (OSError, ValueError) as e:
-        raise ImageReadError(f"{label}: cannot open file ({e})") from e
-    with fp:
+    with open_regular(path, label) as fp:
         return _read_stream(fp, label, _pixel_limit(max_pixels), draft_size)
+
+
+def open_regular(path: str | os.PathLike, label: str | None = None) -> BinaryIO:
+    """Open a regular file for reading, or raise ImageReadError: every file access goes through here.
+
+    Anything else (a FIFO, a device, a socket, a folder) is refused before any byte is read: opening is
+    non-blocking, so a FIFO without a writer cannot hang the caller."""
+    label = label or os.fspath(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise ImageReadError(f"{label}: file not found") from None
+    except IsADirectoryError:
+        raise ImageReadError(f"{label}: is a directory") from None
+    except PermissionError:
+        raise ImageReadError(f"{label}: permission denied") from None
+    except (OSError, ValueError) as e:
+        raise ImageReadError(f"{label}: cannot open file ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise ImageReadError(f"{label}: is a directory")
+        if not stat.S_ISREG(mode):
+            raise ImageReadError(f"{label}: not a regular file ({_file_kind(mode)})")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket"))
+    return next((kind for test, kind in kinds if test(mode)), "not a file")
+
+
+def read_file(path: str | os.PathLike, label: str | None = None) -> bytes:
+    """A regular file's bytes, or ImageReadError naming it (vanished, unreadable, not a regular file)."""
+    label = label or os.fspath(path)
+    with open_regular(path, label) as fp:
+        try:
+            return fp.read()
+        except OSError as e:
+            raise ImageReadError(f"{label}: cannot read file ({e.strerror or e})") from None
 
 
 def _pixel_limit(max_pixels: int | None) -> int:

@@ -31,6 +31,7 @@ from .io import read_xray
 from .loaders import BatchLoader
 from .models import create_model, normalization, unwrap
 from .predictor import ModelCard
+from .splitcheck import find_leaks
 from .transforms import BatchTransform
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class PreparedData:
     targets: dict[str, np.ndarray]
     skipped: pd.DataFrame
     seconds: float = 0.0
+    leaks: list[str] = field(default_factory=list)  # split problems the user chose to train with (--allow-leaks)
 
 
 @dataclass
@@ -94,7 +96,20 @@ def prepare_data(config: Config, cache: DecodedCache | None = None, progress: bo
         for name in ("train", "val", "test"):
             if len(np.unique(targets[name])) < 2:
                 raise DataError(f"{name}: after skipping unreadable files one class is left; cannot evaluate")
-    return PreparedData(split, images, targets, skipped_frame, time.perf_counter() - start)
+    leaks = _checked_split(split, cache, config.allow_leaks)
+    return PreparedData(split, images, targets, skipped_frame, time.perf_counter() - start, leaks)
+
+
+def _checked_split(split: SplitTable, cache: DecodedCache, allow: bool) -> list[str]:
+    """The split's leaks (files or bytes shared across splits, a file with two labels): an error unless allowed."""
+    leaks = find_leaks(split.frame, cache.content_hash)
+    if leaks and not allow:
+        listing = "\n".join(f"  {line}" for line in leaks[:20]) + ("\n  ..." if len(leaks) > 20 else "")
+        raise DataError(f"the split leaks: {len(leaks)} problem(s) (fix the data, or pass --allow-leaks to train "
+                        f"anyway):\n{listing}")
+    if leaks:
+        log.warning("training with %d split problem(s) (--allow-leaks); listed in data/leaks.txt", len(leaks))
+    return leaks
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -221,6 +236,9 @@ def _log_setup(run: tracking.RunLogger, config: Config, data: PreparedData, weig
         run.log_text("\n".join(data.split.warnings), "data/warnings.txt")
     if len(data.skipped):
         run.log_table(data.skipped, "data/skipped.csv")
+    if data.leaks:
+        run.log_text("\n".join(data.leaks), "data/leaks.txt")
+        run.set_tags({"pneumo_ml.allowed_leaks": len(data.leaks)})
     run.log_metrics({"n_skipped": float(len(data.skipped)), "data_seconds": data.seconds})
 
 
