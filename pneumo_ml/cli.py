@@ -222,6 +222,9 @@ def promote(model_name, metric, alias, margin, challenger):
 def predict(model_uri, paths, out, threshold, batch_size, device, quiet):
     """Predict image files and folders (recursively); unreadable files are listed with their reason."""
     from .batch import predict_files
+    from .inputs import check_output_file
+    if out:
+        check_output_file(out)
     frame = predict_files(model_uri, paths, threshold=threshold, batch_size=batch_size, device=device,
                           progress=not quiet)
     failed = frame[frame["error"] != ""]
@@ -244,6 +247,8 @@ def predict(model_uri, paths, out, threshold, batch_size, device, quiet):
 def explain(model_uri, paths, out, device):
     """Grad-CAM overlays (PNG, one per image) for any image the reader accepts."""
     from .batch import explain_files
+    from .inputs import check_output_folder
+    check_output_folder(out)
     written, failures = explain_files(model_uri, paths, Path(out), device=device)
     for path in written:
         click.echo(f"OK   {path}")

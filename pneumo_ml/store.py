@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import tempfile
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 
 from .errors import TrackingError
+from .inputs import unwritable_reason
 
 LEFTOVER_PREFIX = "_alembic_tmp_"  # tables alembic's SQLite batch migrations create and drop again
 REPAIR_HINT = "repair it with `pneumo-ml store repair` (drops the leftover copies, then finishes the migration)"
@@ -34,19 +34,9 @@ def check_openable(path: Path) -> None:
         if not path.is_file() or not os.access(path, os.R_OK):
             raise TrackingError(f"{where}: not a readable file")
         return
-    folder = _nearest_existing(path.parent.absolute())  # MLflow creates missing parent folders
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        raise TrackingError(f"{where}: cannot be created, folder {folder} is not writable ({e.strerror}); run "
-                            f"from a writable folder or set MLFLOW_TRACKING_URI") from None
-
-
-def _nearest_existing(folder: Path) -> Path:
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    return folder
+    if reason := unwritable_reason(path.parent):  # MLflow creates missing parent folders
+        raise TrackingError(f"{where}: cannot be created, {reason}; run from a writable folder or set "
+                            f"MLFLOW_TRACKING_URI")
 
 
 def first_use_lock(path: Path, timeout: float = 600) -> FileLock | _NoLock:

@@ -4,6 +4,7 @@ Tracking URI: MLflow's default (sqlite:///mlflow.db in the working folder) unles
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import math
@@ -27,7 +28,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-from . import procs, store
+from . import integrity, procs, store
 from .errors import TrackingError
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ SERVING_REQUIREMENTS = ("torch", "torchvision", "timm", "numpy", "pandas", "pill
                         "captum", "matplotlib", "mlflow")
 
 
+INTEGRITY_TAG = "pneumo_ml.model_sha256"  # SHA-256 of the model's file manifest (integrity.MANIFEST_ARTIFACT)
 PROCESS_TAG = "pneumo_ml.process"  # 'host pid start' of the process that has the run open
 
 
@@ -204,7 +206,16 @@ class RunLogger:
                 model_config={"inference_device": "cpu"},  # declared so load_model(model_config=...) can override it
                 signature=serving_signature(), input_example=example,
             )
+        self._record_integrity(info.model_uri)
         return info.model_uri
+
+    def _record_integrity(self, model_uri: str) -> None:
+        """The SHA-256 of every file of the logged model (a run artifact), and that manifest's own SHA-256 as a
+        tag in the tracking store: loading refuses files that differ (see `load_predictor`)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            text = integrity.manifest(Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)))
+        self.log_text(text, integrity.MANIFEST_ARTIFACT)
+        self.set_tags({INTEGRITY_TAG: integrity.text_sha256(text)})
 
     def end(self, status: str = "FINISHED") -> None:
         self.flush()
@@ -358,6 +369,9 @@ def register(model_uri: str, *, name: str = MODEL_NAME, tags: dict[str, Any] | N
     """A new version of `name` from a logged model, tagged (experiment, run, validation and test figures)."""
     ensure_store()
     version = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in (tags or {}).items()})
+    digest = client().get_run(version.run_id).data.tags.get(INTEGRITY_TAG) if version.run_id else None
+    if digest:
+        set_version_tags(name, str(version.version), {"model_sha256": digest})
     return version
 
 
@@ -427,16 +441,53 @@ def describe_model_uri(uri: str) -> str:
 
 
 def load_predictor(uri: str, device: str = "cpu"):
-    """The Predictor inside a logged pyfunc (any models:/ or runs:/ URI, or a local model folder)."""
+    """The Predictor inside a logged pyfunc (any models:/ or runs:/ URI, or a local model folder), loaded only
+    once its files match the SHA-256 manifest training recorded."""
     if uri.startswith(("models:/", "runs:/")):
         ensure_store()
     try:
-        model = mlflow.pyfunc.load_model(uri, model_config={"inference_device": device})
-    except (MlflowException, OSError) as e:
+        verified = _verified_copy(uri)
+        model = mlflow.pyfunc.load_model(str(verified or uri), model_config={"inference_device": device})
+    except (MlflowException, OSError, ValueError) as e:  # ValueError: pneumo_ml.predictor.ModelCardError
         raise TrackingError(f"cannot load model {uri!r}: {str(e).splitlines()[0]}") from e
     predictor = model.unwrap_python_model().predictor
     predictor.card.name = describe_model_uri(uri) or predictor.card.name
     return predictor
+
+
+def _verified_copy(uri: str) -> Path | None:
+    """A local copy of the model whose files match its recorded manifest (IntegrityError otherwise); None, with a
+    warning, for a model without a record (a local folder, or logged before records were kept)."""
+    run_id = _source_run(uri)
+    digest = get_run(run_id).data.tags.get(INTEGRITY_TAG) if run_id else None
+    if not digest:
+        log.warning("%s: no integrity record (a local folder, or logged by an older pneumo-ml): loaded unverified",
+                    uri)
+        return None
+    folder = Path(tempfile.mkdtemp(prefix="pneumo-ml-model-"))
+    atexit.register(shutil.rmtree, folder, True)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(folder / "model")))
+    recorded = RunLogger(run_id).download(integrity.MANIFEST_ARTIFACT, folder / "record").read_text()
+    integrity.verify(local, recorded, digest, describe_model_uri(uri))
+    return local
+
+
+def _source_run(uri: str) -> str | None:
+    """The run that logged the model a URI names; None for a local folder."""
+    c = client()
+    try:
+        if uri.startswith("runs:/"):
+            return uri[len("runs:/"):].split("/", 1)[0]
+        if not uri.startswith("models:/"):
+            return None
+        ref = uri[len("models:/"):].rstrip("/")
+        if "@" in ref:
+            return c.get_model_version_by_alias(*ref.split("@", 1)).run_id
+        if "/" in ref:
+            return c.get_model_version(*ref.split("/", 1)[:2]).run_id
+        return c.get_logged_model(ref).source_run_id
+    except MlflowException as e:
+        raise TrackingError(f"cannot load model {uri!r}: {str(e).splitlines()[0]}") from e
 
 
 def tracking_uri() -> str:
