@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .data import cache_root
+from .tensorfile import PickledObjectsError, load_tensors
 
 log = logging.getLogger(__name__)
 REQUIRED_KEYS = {"model", "optimizer", "epoch", "history", "best_epoch", "best_score", "best_state", "stale_epochs"}
@@ -37,7 +38,9 @@ def save(checkpoint: dict, path: Path) -> None:
 def load(path: Path, where: str) -> dict:
     """The checkpoint at `path`, checked to be whole; CheckpointError naming `where` otherwise."""
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved = load_tensors(path)
+    except PickledObjectsError as e:
+        raise CheckpointError(f"{where}: {str(e).removeprefix(f'{path}: ')}") from None
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for a torn or foreign file
         raise CheckpointError(f"{where}: unreadable checkpoint ({e.__class__.__name__}: "
                               f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None

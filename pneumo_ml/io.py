@@ -132,6 +132,28 @@ def read_file(path: str | os.PathLike, label: str | None = None) -> bytes:
             raise ImageReadError(f"{label}: cannot read file ({e.strerror or e})") from None
 
 
+def decoded_pixels(data: bytes, *, draft_size: int | None = None) -> int:
+    """How many pixels `read_xray(data, draft_size=...)` would decode, from the header alone; 0 when the header
+    does not say (the reader then reports what is wrong with the input)."""
+    fp = io.BytesIO(data)
+    head = data[:_DICOM_MAGIC_OFFSET + 4]
+    try:
+        if head[_DICOM_MAGIC_OFFSET:] == b"DICM" or head.startswith(_RAW_DICOM_STARTS):
+            ds = pydicom.dcmread(fp, force=True, stop_before_pixels=True)
+            return int(ds.get("Rows") or 0) * int(ds.get("Columns") or 0)  # the first frame alone is decoded
+        fmt = next((fmt for magic, fmt in _MAGIC if head.startswith(magic)), None)
+        if fmt not in _PIL_OPENERS:
+            return 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = _PIL_OPENERS[fmt](fp)
+            if draft_size and fmt == "JPEG":
+                img.draft("L", (draft_size, draft_size))  # the reduced DCT scale read_xray decodes at
+            return img.size[0] * img.size[1]
+    except Exception:  # noqa: BLE001 - a bad header is the reader's to report, with its reason
+        return 0
+
+
 def _pixel_limit(max_pixels: int | None) -> int:
     if max_pixels is not None:
         return max_pixels

@@ -18,6 +18,7 @@ from .devices import resolve_device
 from .errors import UserError
 from .models import create_model
 from .preprocess import decode_resized
+from .tensorfile import load_tensors
 from .transforms import BatchTransform
 
 NOTICE = "research use, not for diagnosis"
@@ -104,7 +105,7 @@ class Predictor:
     def from_files(cls, weights: str | os.PathLike, card: str | os.PathLike, device: str = "cpu") -> Predictor:
         card_obj = ModelCard.load(card)
         model = create_model(card_obj.architecture, pretrained="false", image_size=card_obj.image_size)
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        model.load_state_dict(load_tensors(weights))
         return cls(model, card_obj, resolve_device(device))
 
     def decode(self, src, name: str | None = None) -> np.ndarray:

@@ -237,8 +237,13 @@ def serving_signature() -> ModelSignature:
         outputs=Schema([ColSpec("string", "label"), ColSpec("double", "probability"),
                         ColSpec("double", "confidence"), ColSpec("double", "threshold"),
                         ColSpec("string", "model"), ColSpec("string", "gradcam_png", required=False)]),
-        params=ParamSchema([ParamSpec("threshold", "double", None), ParamSpec("gradcam", "boolean", False)]),
+        params=ParamSchema([ParamSpec(name, kind, default) for name, (kind, default) in request_params().items()]),
     )
+
+
+def request_params() -> dict:
+    from .serving import REQUEST_PARAMS  # imported here: serving loads torch, which most commands never need
+    return REQUEST_PARAMS
 
 
 def serving_requirements() -> list[str]:
