@@ -142,3 +142,19 @@ def test_a_resume_refused_for_its_checkpoint_leaves_the_run_as_it_was(tmp_path, 
     assert "cannot resume run" in outcome.output and "unreadable checkpoint" in outcome.output, outcome.output
     run = client.get_run(result.run_id)
     assert run.info.status == "KILLED" and "pneumo_ml.error" not in run.data.tags
+
+
+def test_a_running_run_is_resumable_only_once_its_process_is_gone():
+    """What `suite --resume` asks of each child, and `train --resume` of its run."""
+    import socket
+    from pneumo_ml import procs
+    client = MlflowClient()
+    run_id = client.create_run(tracking.experiment_id()).info.run_id
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = f"{socket.gethostname()} {int(ended.stdout)} 1"  # that pid has exited (and a reuse would start later)
+    for token, resumable in ((procs.owner_token(), False), (gone, True), ("another-host 1 1", False)):
+        client.set_tag(run_id, tracking.PROCESS_TAG, token)
+        assert tracking.resumable(client.get_run(run_id)) is resumable, token
+    client.set_tag(run_id, tracking.PROCESS_TAG, "another-host 1 1")
+    with pytest.raises(tracking.TrackingError, match="RUNNING on host another-host; .* resume it there"):
+        tracking.check_resumable(run_id)

@@ -136,3 +136,13 @@ def test_training_stops_on_a_leaky_split_naming_the_files_unless_allowed(tmp_pat
     assert run.data.params["allow_leaks"] == "true" and run.data.tags["pneumo_ml.allowed_leaks"] == "3"
     leaks = Path(MlflowClient().download_artifacts(result.run_id, "data/leaks.txt", str(tmp_path)))
     assert "two labels" in leaks.read_text()
+
+
+def test_data_synth_output_honours_the_umask(tmp_path):
+    from pneumo_ml import synthetic
+    previous = os.umask(0o022)
+    try:
+        synthetic.write_dataset(tmp_path / "set", n_train=2, n_val=2, n_test=2, seed=0, size=64, workers=1)
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "set").stat().st_mode & 0o777 == 0o755  # not mkdtemp's private 0700

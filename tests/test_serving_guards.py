@@ -32,7 +32,8 @@ def post(base: str, body) -> requests.Response:
 
 
 def rows(cells, params=None) -> dict:
-    return {"dataframe_split": {"columns": ["image"], "data": [[c] for c in cells]}, **({"params": params} if params else {})}
+    body = {"dataframe_split": {"columns": ["image"], "data": [[c] for c in cells]}}
+    return {**body, "params": params} if params else body
 
 
 def test_a_request_of_64_chest_films_fits_the_default_budget(trained_model, monkeypatch):
