@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .data import cache_root
-from .tensorfile import PickledObjectsError, load_tensors
+from .tensorfile import TensorFileError, load_tensors
 
 log = logging.getLogger(__name__)
 REQUIRED_KEYS = {"model", "optimizer", "epoch", "history", "best_epoch", "best_score", "best_state", "stale_epochs"}
@@ -39,7 +39,7 @@ def load(path: Path, where: str) -> dict:
     """The checkpoint at `path`, checked to be whole; CheckpointError naming `where` otherwise."""
     try:
         saved = load_tensors(path)
-    except PickledObjectsError as e:
+    except TensorFileError as e:
         raise CheckpointError(f"{where}: {str(e).removeprefix(f'{path}: ')}") from None
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for a torn or foreign file
         raise CheckpointError(f"{where}: unreadable checkpoint ({e.__class__.__name__}: "

@@ -21,7 +21,8 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-__all__ = ["MAX_PIXELS", "SUPPORTED_FORMATS", "ImageReadError", "open_regular", "read_file", "read_xray"]
+__all__ = ["MAX_PIXELS", "SUPPORTED_FORMATS", "ImageReadError", "max_image_pixels", "open_regular", "read_file",
+           "read_xray"]
 
 MAX_PIXELS = 50_000_000
 SUPPORTED_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "DICOM")
@@ -110,7 +111,9 @@ def open_regular(path: str | os.PathLike, label: str | None = None) -> BinaryIO:
         if not stat.S_ISREG(mode):
             raise ImageReadError(f"{label}: not a regular file ({_file_kind(mode)})")
         os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
+        raw = io.FileIO(fd, "rb", closefd=True)
+        raw.name = os.fspath(path)  # pydicom reopens deferred elements by name
+        return io.BufferedReader(raw)
     except BaseException:
         os.close(fd)
         raise
@@ -152,6 +155,11 @@ def decoded_pixels(data: bytes, *, draft_size: int | None = None) -> int:
             return img.size[0] * img.size[1]
     except Exception:  # noqa: BLE001 - a bad header is the reader's to report, with its reason
         return 0
+
+
+def max_image_pixels() -> int:
+    """The size limit read_xray applies to one image (PNEUMO_ML_MAX_PIXELS, else MAX_PIXELS)."""
+    return _pixel_limit(None)
 
 
 def _pixel_limit(max_pixels: int | None) -> int:

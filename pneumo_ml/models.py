@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .errors import WeightsError
-from .tensorfile import PickledObjectsError, load_tensors
+from .tensorfile import TensorFileError, load_tensors
 
 log = logging.getLogger(__name__)
 NUM_CLASSES = 2
@@ -170,7 +170,7 @@ def load_weights_file(model: nn.Module, path: Path) -> str:
             state = load_file(str(path))
         else:
             state = load_tensors(path)
-    except PickledObjectsError as e:
+    except TensorFileError as e:
         raise WeightsError(str(e)) from None
     except Exception as e:  # noqa: BLE001
         raise WeightsError(f"{path}: not a loadable weights file ({str(e).splitlines()[0][:200]})") from e

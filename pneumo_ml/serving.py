@@ -15,7 +15,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-from .io import ImageReadError, decoded_pixels
+from .io import ImageReadError, decoded_pixels, max_image_pixels
 from .predictor import Predictor
 
 MAX_ROWS = 64  # per request; PNEUMO_ML_MAX_ROWS overrides. Pixels per image: pneumo_ml.io.MAX_PIXELS.
@@ -82,7 +82,9 @@ def decode_rows(predictor: Predictor, frame: pd.DataFrame):
 
 def _check_pixel_budget(cells: list[bytes], image_size: int) -> None:
     """Refuse, from the headers alone, a request whose images would decode to more pixels than the budget."""
-    total, budget = sum(decoded_pixels(data, draft_size=image_size) for data in cells), max_request_pixels()
+    sizes = [decoded_pixels(data, draft_size=image_size) for data in cells]
+    total = sum(n for n in sizes if n <= max_image_pixels())  # a bigger image is its row's own error
+    budget = max_request_pixels()
     if total > budget:
         raise BadRequest(f"the request's images decode to {total:,} pixels; the limit is {budget:,} per request "
                          f"(PNEUMO_ML_MAX_REQUEST_PIXELS): send fewer or smaller images per request")
