@@ -24,8 +24,9 @@ def load_tensors(path: str | os.PathLike) -> Any:
     except pickle.UnpicklingError as e:
         reason = _unpickler_reason(str(e))
         if reason.startswith("Unsupported global"):
-            raise TensorFileError(f"{path}: holds pickled Python objects, which pneumo-ml never loads (unpickling runs code); save plain tensors "
-                                  f"instead, e.g. torch.save(model.state_dict(), path), or safetensors") from None
+            raise TensorFileError(f"{path}: holds pickled Python objects, which pneumo-ml never loads (unpickling "
+                                  f"runs code); save plain tensors instead, e.g. torch.save(model.state_dict(), "
+                                  f"path), or safetensors") from None
         raise TensorFileError(f"{path}: not a loadable weights file ({reason})") from None
 
 
