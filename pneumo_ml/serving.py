@@ -123,6 +123,24 @@ def guard_scoring_server() -> None:
     scoring_server._decode_json_input, scoring_server._split_data_and_params = decode_json_input, split_data_and_params
 
 
+def release_freed_memory() -> None:
+    """Return freed heap pages to the OS (glibc's malloc_trim). Large decodes are freed at once but glibc keeps
+    their pages in per-thread arenas, so a server's memory would ratchet up to the worst request each of its
+    threads ever served; trimming keeps it near what is in use."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc: nothing to trim
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
+
+
 def _bad_request(message: str) -> MlflowException:
     return MlflowException(f"bad request: {message}", error_code=INVALID_PARAMETER_VALUE)
 
@@ -147,6 +165,7 @@ class PneumoniaClassifier(mlflow.pyfunc.PythonModel):
             raise MlflowException(f"bad request: threshold {threshold} is not in [0, 1]",
                                   error_code=INVALID_PARAMETER_VALUE)
         stack = np.stack(images) if images else np.zeros((0, 1, 1), dtype=np.uint8)
+        release_freed_memory()  # the full-size decodes are gone: hand their pages back before the model runs
         rows = self.predictor.predict(stack, threshold=threshold, gradcam=bool(params.get("gradcam", False)))
         columns = OUTPUT_COLUMNS + (["gradcam_png"] if params.get("gradcam") else [])
         return pd.DataFrame(rows, columns=columns)

@@ -489,9 +489,12 @@ def _source_run(uri: str) -> str | None:
         if "@" in ref:
             return c.get_model_version_by_alias(*ref.split("@", 1)).run_id
         if "/" in ref:
-            return c.get_model_version(*ref.split("/", 1)[:2]).run_id
+            name, version = ref.split("/", 1)
+            if version == "latest":
+                return max(model_versions(name), key=lambda v: int(v.version)).run_id
+            return c.get_model_version(name, version).run_id
         return c.get_logged_model(ref).source_run_id
-    except MlflowException as e:
+    except (MlflowException, ValueError) as e:  # ValueError: no versions to take the latest of
         raise TrackingError(f"cannot load model {uri!r}: {str(e).splitlines()[0]}") from e
 
 
