@@ -277,7 +277,7 @@ def _resume_state(run_id: str, model, optimizer) -> engine.FitState:
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = tracking.RunLogger(run_id).download("checkpoints/last.pt", tmp)
-            candidates.append(checkpoints.load(path, f"run {run_id}: artifact checkpoints/last.pt"))
+            candidates.append(checkpoints.load(path, "artifact checkpoints/last.pt"))
         except TrackingError:
             pass
         except checkpoints.CheckpointError as e:
