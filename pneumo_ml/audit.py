@@ -20,8 +20,8 @@ import pydicom
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from .data import CLASSES, SPLITS, scan_folder
-from .io import ImageReadError, read_xray
+from .data import CLASSES, SPLITS, links_leaving, scan_folder
+from .io import ImageReadError, open_regular, read_xray
 
 SHORTCUT_WARN_AUC = 0.75
 FEATURES = ("width", "height", "aspect_ratio", "file_size", "mean_intensity")
@@ -43,6 +43,7 @@ class AuditReport:
     unreadable: list[tuple[str, str]]
     has_splits: bool = True
     feature_aucs: dict[str, float] = field(default_factory=dict)  # each feature alone; > 0.5: higher in PNEUMONIA
+    links_outside: list[str] = field(default_factory=list)  # symlinks whose target is outside the root: a note
 
     @property
     def leaky(self) -> bool:
@@ -62,6 +63,7 @@ class AuditReport:
             "shortcut_feature": self.shortcut_feature,
             "feature_aucs": self.feature_aucs,
             "unreadable": [{"path": p, "reason": r} for p, r in self.unreadable],
+            "links_outside": self.links_outside,
         }
 
 
@@ -98,6 +100,7 @@ def audit_folder(root: Path, *, progress: bool = True) -> AuditReport:
         unreadable=[(r.rel, r.error) for r in files[files["error"].notna()].itertuples()],
         has_splits=bool(has_splits),
         feature_aucs=feature_aucs,
+        links_outside=[Path(p).relative_to(root).as_posix() for p in links_leaving(root, files["path"])],
     )
 
 
@@ -107,7 +110,7 @@ def _inspect(path: str, rel: str) -> dict:
            "mean_intensity": np.nan}
     try:
         digest = hashlib.sha1()
-        with open(path, "rb") as fp:
+        with open_regular(path, rel) as fp:
             while chunk := fp.read(_HASH_CHUNK):
                 digest.update(chunk)
         row["sha1"] = digest.hexdigest()
@@ -273,6 +276,9 @@ def format_report(report: AuditReport) -> str:
                          f"the classes apart from metadata alone; this shortcut can inflate test scores without "
                          f"looking at the lungs (resize to one size, compare per-class acquisition)")
 
+    if report.links_outside:
+        lines += ["", f"note: {len(report.links_outside)} symlink(s) point outside {report.root} (read as images "
+                      f"of the folder): {', '.join(report.links_outside[:MAX_LISTED])}"]
     if report.unreadable:
         lines += ["", f"Unreadable files: {len(report.unreadable)} (left out of the statistics)"]
         lines += [f"  {path}: {reason}" for path, reason in report.unreadable]

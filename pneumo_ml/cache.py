@@ -10,6 +10,7 @@ import hashlib
 import multiprocessing
 import os
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -18,7 +19,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .io import ImageReadError
+from . import procs
+from .io import ImageReadError, read_file
 from .preprocess import decode_resized
 
 DEFAULT_MEMORY_BYTES = 8 << 30
@@ -76,7 +78,7 @@ class DecodedCache:
         return out, failures
 
     def content_hash(self, path: str) -> str | None:
-        """The sha1 of a file's bytes, as the cache keys use it (memoised: free after `load`)."""
+        """The sha1 of a file's bytes, as the cache keys use it (memoised: free after `load`); None if unreadable."""
         key = self._content_key(path, 0)
         return key.rsplit("-", 1)[0] if key else None
 
@@ -87,8 +89,10 @@ class DecodedCache:
             return None
         memo = (path, st.st_mtime_ns, st.st_size)
         if memo not in self._keys:
-            with open(path, "rb") as f:
-                self._keys[memo] = hashlib.sha1(f.read()).hexdigest()
+            try:
+                self._keys[memo] = hashlib.sha1(read_file(path)).hexdigest()
+            except ImageReadError:
+                return None  # decoding it fails the same way, and reports why: a skippable failure
         return f"{self._keys[memo]}-{size}"
 
     def _get(self, key: str) -> np.ndarray | None:
@@ -163,16 +167,27 @@ def decode_pool(workers: int) -> ProcessPoolExecutor:
     if workers not in _pools:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload([__name__])
-        _pools[workers] = ProcessPoolExecutor(workers, mp_context=context)
+        _pools[workers] = ProcessPoolExecutor(workers, mp_context=context, initializer=_exit_with,
+                                              initargs=(os.getpid(),))
         atexit.register(_pools[workers].shutdown, wait=False, cancel_futures=True)
     return _pools[workers]
+
+
+def _exit_with(parent: int) -> None:
+    """A worker's watchdog: a parent killed hard (kill -9, the OOM killer) cannot stop its pool, so each worker
+    leaves by itself once the process that started the pool is gone."""
+    def watch() -> None:
+        while procs.alive(parent):
+            time.sleep(1.0)
+        os._exit(0)
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
 def _decode_one(path: str, size: int) -> tuple[np.ndarray | None, str | None]:
     try:
         return decode_resized(path, size), None
     except ImageReadError as e:
-        return None, str(e)
+        return None, str(e).removeprefix(f"{path}: ")  # the reason alone: callers list it beside the path
 
 
 def image_array(n: int, size: int, *, spill_dir: Path, max_bytes: int = DEFAULT_MEMORY_BYTES,

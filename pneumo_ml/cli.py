@@ -122,11 +122,13 @@ TRAIN_OPTIONS = ("model", "aug", "data", "epochs", "batch_size", "lr", "image_si
 @click.option("--n-test", type=Optional_(click.INT))
 @bool_option("register", "Register the model as a new version of pneumonia-classifier (default true).")
 @bool_option("skip-bad", "Skip unreadable images (listed in data/skipped.csv) instead of stopping.")
+@bool_option("allow-leaks", "Train even if the split shares files or bytes across splits (listed in data/leaks.txt).")
 @bool_option("compile", "torch.compile the model.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other config key, e.g. --set patience=2.")
 @click.option("--resume", "resume_run_id", type=Optional_(click.STRING), help="Continue a killed run by its id.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def train(config_path, sets, resume_run_id, quiet, no_aug, no_register, no_skip_bad, no_compile, **options):
+def train(config_path, sets, resume_run_id, quiet, no_aug, no_register, no_skip_bad, no_allow_leaks, no_compile,
+          **options):
     """Train one experiment as one MLflow run."""
     from . import config as config_mod
     from .train import run_experiment, summary_table
@@ -134,6 +136,7 @@ def train(config_path, sets, resume_run_id, quiet, no_aug, no_register, no_skip_
     options["aug"] = _flag(options["aug"], no_aug)
     options["register"] = _flag(options.pop("register"), no_register)
     options["skip_bad"] = _flag(options.pop("skip_bad"), no_skip_bad)
+    options["allow_leaks"] = _flag(options.pop("allow_leaks"), no_allow_leaks)
     options["compile"] = _flag(options.pop("compile"), no_compile)
     for item in sets:
         key, sep, value = item.partition("=")
@@ -219,6 +222,9 @@ def promote(model_name, metric, alias, margin, challenger):
 def predict(model_uri, paths, out, threshold, batch_size, device, quiet):
     """Predict image files and folders (recursively); unreadable files are listed with their reason."""
     from .batch import predict_files
+    from .inputs import check_output_file
+    if out:
+        check_output_file(out)
     frame = predict_files(model_uri, paths, threshold=threshold, batch_size=batch_size, device=device,
                           progress=not quiet)
     failed = frame[frame["error"] != ""]
@@ -241,6 +247,8 @@ def predict(model_uri, paths, out, threshold, batch_size, device, quiet):
 def explain(model_uri, paths, out, device):
     """Grad-CAM overlays (PNG, one per image) for any image the reader accepts."""
     from .batch import explain_files
+    from .inputs import check_output_folder
+    check_output_folder(out)
     written, failures = explain_files(model_uri, paths, Path(out), device=device)
     for path in written:
         click.echo(f"OK   {path}")
@@ -318,6 +326,20 @@ def data_audit(root, json_path):
         import json
         Path(json_path).write_text(json.dumps(report.to_dict(), indent=2, default=str))
     sys.exit(1 if report.leaky else 0)
+
+
+@main.group()
+def store():
+    """The default SQLite tracking store."""
+
+
+@store.command("repair")
+def store_repair():
+    """Finish a schema migration an earlier crash interrupted (drops its leftover tables, then upgrades)."""
+    from .tracking import repair_store, tracking_uri
+    dropped = repair_store()
+    click.echo(f"{tracking_uri()}: " + (f"dropped {', '.join(dropped)}; " if dropped else "nothing left over; ")
+               + "schema up to date")
 
 
 @main.command()

@@ -35,6 +35,7 @@ class Config:
     image_size: int = 224
     synthetic_difficulty: float | None = None  # None: pneumo_ml.synthetic.DEFAULT_DIFFICULTY
     skip_bad: bool = False  # unreadable files stop the run unless this is set
+    allow_leaks: bool = False  # files or bytes shared across splits stop the run unless this is set (logged)
     # Optimisation: the seed's 5 epochs, batch 32, Adam 1e-4, cross-entropy.
     epochs: int = 5
     batch_size: int = 32

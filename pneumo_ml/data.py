@@ -111,7 +111,9 @@ def scan_folder(root: Path) -> pd.DataFrame:
                 continue
             for path in sorted(folder.rglob("*")):
                 if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-                    rows.append({"path": str(path.resolve()), "label": label, "split": split})
+                    # The path as found, not resolved: a symlink is an image of the folder wherever its target
+                    # lives (symlink farms are a common way to build a data set), its mask found by its own path.
+                    rows.append({"path": str(path), "label": label, "split": split})
     if not rows:
         expected = "{train,val,test}/{NORMAL,PNEUMONIA}/ or {NORMAL,PNEUMONIA}/"
         raise DataError(f"{root}: no images found (expected the Kermany layout {expected})")
@@ -140,7 +142,9 @@ def read_manifest(path: Path) -> pd.DataFrame:
                         f" ({len(bad)} such rows)")
     base = path.parent
     frame["path"] = [str((base / p).resolve()) if not os.path.isabs(p) else p for p in frame["path"]]
-    absent = [(i, p) for i, p in enumerate(frame["path"]) if not os.path.isfile(p)]
+    # Only what does not exist is refused here; a file that exists but cannot be read (a FIFO, no permission) is
+    # refused by the reader, before any byte is read, and --skip-bad can skip it.
+    absent = [(i, p) for i, p in enumerate(frame["path"]) if not os.path.lexists(p)]
     if absent:
         listed = "; ".join(f"row {i + 2}: {p}" for i, p in absent[:5])
         raise DataError(f"{path}: {len(absent)} file(s) not found ({listed}{' ...' if len(absent) > 5 else ''})")
@@ -252,6 +256,12 @@ def _drop_leaky_patients(files: pd.DataFrame, source: str) -> tuple[pd.DataFrame
 def _class_counts(frame: pd.DataFrame) -> str:
     counts = frame["label"].value_counts()
     return ", ".join(f"{counts.get(c, 0)} {c}" for c in CLASSES)
+
+
+def links_leaving(root: Path, paths) -> list[str]:
+    """The symlinks among `paths` (under `root`) whose target lies outside it."""
+    root = root.resolve()
+    return [str(p) for p in map(Path, paths) if p.is_symlink() and not p.resolve().is_relative_to(root)]
 
 
 def _mask_for(root: Path, path: Path) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import stat
 import warnings
 from typing import BinaryIO
 
@@ -20,7 +21,8 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-__all__ = ["MAX_PIXELS", "SUPPORTED_FORMATS", "ImageReadError", "read_xray"]
+__all__ = ["MAX_PIXELS", "SUPPORTED_FORMATS", "ImageReadError", "max_image_pixels", "open_regular", "read_file",
+           "read_xray"]
 
 MAX_PIXELS = 50_000_000
 SUPPORTED_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "DICOM")
@@ -82,18 +84,82 @@ def read_xray(
     if not isinstance(path, str):
         raise TypeError("read_xray expects a str path; bytes are read as image data")
     label = name or path
-    try:
-        fp = open(path, "rb")
-    except FileNotFoundError as e:
-        raise ImageReadError(f"{label}: file not found") from e
-    except IsADirectoryError as e:
-        raise ImageReadError(f"{label}: is a directory") from e
-    except PermissionError as e:
-        raise ImageReadError(f"{label}: permission denied") from e
-    except (OSError, ValueError) as e:
-        raise ImageReadError(f"{label}: cannot open file ({e})") from e
-    with fp:
+    with open_regular(path, label) as fp:
         return _read_stream(fp, label, _pixel_limit(max_pixels), draft_size)
+
+
+def open_regular(path: str | os.PathLike, label: str | None = None) -> BinaryIO:
+    """Open a regular file for reading, or raise ImageReadError: every file access goes through here.
+
+    Anything else (a FIFO, a device, a socket, a folder) is refused before any byte is read: opening is
+    non-blocking, so a FIFO without a writer cannot hang the caller."""
+    label = label or os.fspath(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise ImageReadError(f"{label}: file not found") from None
+    except IsADirectoryError:
+        raise ImageReadError(f"{label}: is a directory") from None
+    except PermissionError:
+        raise ImageReadError(f"{label}: permission denied") from None
+    except (OSError, ValueError) as e:
+        raise ImageReadError(f"{label}: cannot open file ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise ImageReadError(f"{label}: is a directory")
+        if not stat.S_ISREG(mode):
+            raise ImageReadError(f"{label}: not a regular file ({_file_kind(mode)})")
+        os.set_blocking(fd, True)
+        raw = io.FileIO(fd, "rb", closefd=True)
+        raw.name = os.fspath(path)  # pydicom reopens deferred elements by name
+        return io.BufferedReader(raw)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket"))
+    return next((kind for test, kind in kinds if test(mode)), "not a file")
+
+
+def read_file(path: str | os.PathLike, label: str | None = None) -> bytes:
+    """A regular file's bytes, or ImageReadError naming it (vanished, unreadable, not a regular file)."""
+    label = label or os.fspath(path)
+    with open_regular(path, label) as fp:
+        try:
+            return fp.read()
+        except OSError as e:
+            raise ImageReadError(f"{label}: cannot read file ({e.strerror or e})") from None
+
+
+def decoded_pixels(data: bytes, *, draft_size: int | None = None) -> int:
+    """How many pixels `read_xray(data, draft_size=...)` would decode, from the header alone; 0 when the header
+    does not say (the reader then reports what is wrong with the input)."""
+    fp = io.BytesIO(data)
+    head = data[:_DICOM_MAGIC_OFFSET + 4]
+    try:
+        if head[_DICOM_MAGIC_OFFSET:] == b"DICM" or head.startswith(_RAW_DICOM_STARTS):
+            ds = pydicom.dcmread(fp, force=True, stop_before_pixels=True)
+            return int(ds.get("Rows") or 0) * int(ds.get("Columns") or 0)  # the first frame alone is decoded
+        fmt = next((fmt for magic, fmt in _MAGIC if head.startswith(magic)), None)
+        if fmt not in _PIL_OPENERS:
+            return 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = _PIL_OPENERS[fmt](fp)
+            if draft_size and fmt == "JPEG":
+                img.draft("L", (draft_size, draft_size))  # the reduced DCT scale read_xray decodes at
+            return img.size[0] * img.size[1]
+    except Exception:  # noqa: BLE001 - a bad header is the reader's to report, with its reason
+        return 0
+
+
+def max_image_pixels() -> int:
+    """The size limit read_xray applies to one image (PNEUMO_ML_MAX_PIXELS, else MAX_PIXELS)."""
+    return _pixel_limit(None)
 
 
 def _pixel_limit(max_pixels: int | None) -> int:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .errors import WeightsError
+from .tensorfile import TensorFileError, load_tensors
 
 log = logging.getLogger(__name__)
 NUM_CLASSES = 2
@@ -168,7 +169,9 @@ def load_weights_file(model: nn.Module, path: Path) -> str:
             from safetensors.torch import load_file
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_tensors(path)
+    except TensorFileError as e:
+        raise WeightsError(str(e)) from None
     except Exception as e:  # noqa: BLE001
         raise WeightsError(f"{path}: not a loadable weights file ({str(e).splitlines()[0][:200]})") from e
     for key in ("state_dict_ema", "state_dict", "model"):

@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .config import MODEL_NAMES
 from .devices import resolve_device
+from .errors import UserError
 from .models import create_model
 from .preprocess import decode_resized
+from .tensorfile import load_tensors
 from .transforms import BatchTransform
 
 NOTICE = "research use, not for diagnosis"
+IMAGE_SIZES = (16, 4096)  # a card's input size outside this is a damaged card, not a model
 LABELS = ("NORMAL", "PNEUMONIA")
 
 
@@ -39,9 +44,48 @@ class ModelCard:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ModelCard:
-        data = json.loads(Path(path).read_text())
+        """The card, checked field by field: a model's card decides what every prediction means."""
+        where = Path(path).name
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            raise ModelCardError(f"{where}: unreadable model card ({e.__class__.__name__}: {e})") from None
+        if not isinstance(data, dict):
+            raise ModelCardError(f"{where}: expected a JSON object")
+        known = {f.name for f in fields(cls)}
+        required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+        if unknown := sorted(set(data) - known):
+            raise ModelCardError(f"{where}: unknown field {unknown[0]!r}")
+        if missing := sorted(required - set(data)):
+            raise ModelCardError(f"{where}: field {missing[0]!r} is missing")
+        _check_card(data, where)
         data["mean"], data["std"] = tuple(data["mean"]), tuple(data["std"])
         return cls(**data)
+
+
+class ModelCardError(UserError, ValueError):
+    """A model card with a field out of range; the message names the field."""
+
+
+def _check_card(data: dict, where: str) -> None:
+    def need(ok: bool, name: str, reason: str) -> None:
+        if not ok:
+            raise ModelCardError(f"{where}: field {name!r} = {data.get(name)!r} {reason}")
+
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    need(data["architecture"] in MODEL_NAMES, "architecture", f"is not a known architecture ({', '.join(MODEL_NAMES)})")
+    size = data["image_size"]
+    need(isinstance(size, int) and not isinstance(size, bool) and IMAGE_SIZES[0] <= size <= IMAGE_SIZES[1],
+         "image_size", f"is not a whole number of pixels in [{IMAGE_SIZES[0]}, {IMAGE_SIZES[1]}]")
+    for name in ("mean", "std"):
+        values = data[name]
+        need(isinstance(values, list) and len(values) in (1, 3) and all(number(v) for v in values), name,
+             "is not a list of 1 or 3 finite numbers")
+    need(all(v > 0 for v in data["std"]), "std", "has a value that is not positive")
+    threshold = data.get("threshold", 0.5)
+    need(number(threshold) and 0.0 <= threshold <= 1.0, "threshold", "is not a finite number in [0, 1]")
 
 
 class Predictor:
@@ -61,7 +105,7 @@ class Predictor:
     def from_files(cls, weights: str | os.PathLike, card: str | os.PathLike, device: str = "cpu") -> Predictor:
         card_obj = ModelCard.load(card)
         model = create_model(card_obj.architecture, pretrained="false", image_size=card_obj.image_size)
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        model.load_state_dict(load_tensors(weights))
         return cls(model, card_obj, resolve_device(device))
 
     def decode(self, src, name: str | None = None) -> np.ndarray:

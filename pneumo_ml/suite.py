@@ -120,7 +120,7 @@ def run_suite(suite: SuiteConfig, *, quick: bool = False, progress: bool = True,
             if data is None:  # one split and one decoded cache for every experiment of the suite
                 data = prepare_data(cfg, progress=progress)
                 timings["data_s"] = data.seconds
-            resume_child = earlier.info.run_id if earlier is not None and earlier.info.status == "KILLED" else None
+            resume_child = earlier.info.run_id if earlier is not None and tracking.resumable(earlier) else None
             outcomes.append(_run_child(cfg, data, parent.run_id, resume_child, progress, timings))
         finished = [o for o in outcomes if o.status == "FINISHED"]
         result = SuiteResult(parent.run_id, outcomes, None, None, timings)

@@ -493,6 +493,12 @@ def _write_case(job):
     Image.fromarray(mask).save(root / row["mask"], compress_level=6)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_dataset(out, *, n_train=200, n_val=16, n_test=100, seed=0, size=DEFAULT_SIZE,
                   difficulty=DEFAULT_DIFFICULTY, image_format="png", workers=1, progress=True) -> pd.DataFrame:
     """Write a Kermany-layout data set with lesion masks and manifest.csv; return the manifest.
@@ -512,6 +518,7 @@ def write_dataset(out, *, n_train=200, n_val=16, n_test=100, seed=0, size=DEFAUL
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = _plan(n_train, n_val, n_test, seed, ext)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private (0700); the data set is a folder like any other
     try:
         for row in rows:
             for key in ("path", "mask"):

@@ -4,6 +4,7 @@ Tracking URI: MLflow's default (sqlite:///mlflow.db in the working folder) unles
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import math
@@ -27,6 +28,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from . import integrity, procs, store
 from .errors import TrackingError
 
 log = logging.getLogger(__name__)
@@ -43,12 +45,62 @@ SERVING_REQUIREMENTS = ("torch", "torchvision", "timm", "numpy", "pandas", "pill
                         "captum", "matplotlib", "mlflow")
 
 
+INTEGRITY_TAG = "pneumo_ml.model_sha256"  # SHA-256 of the model's file manifest (integrity.MANIFEST_ARTIFACT)
+PROCESS_TAG = "pneumo_ml.process"  # 'host pid start' of the process that has the run open
+
+
 class Interrupted(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so that the run is closed as KILLED."""
 
 
 def client() -> MlflowClient:
+    ensure_store()
     return MlflowClient()
+
+
+_READY_STORES: set[str] = set()
+STORE_LOCK_TIMEOUT_S = 600  # a first migration takes seconds; a lock held longer is a hung process
+
+
+def ensure_store() -> None:
+    """Create or migrate a SQLite tracking store under an inter-process lock, once per process and URI.
+
+    MLflow's schema migration is not safe against concurrent first use: two processes migrating one new file at
+    once leave it half-migrated for good. Other stores (a server, PostgreSQL) migrate on their own side."""
+    uri = mlflow.get_tracking_uri()
+    if uri in _READY_STORES:
+        return
+    path = store.sqlite_path(uri)
+    if path is not None:
+        store.check_openable(path)
+        with store.first_use_lock(path):
+            store.check_not_half_migrated(path)
+            fresh = MlflowClient()
+            fresh.search_experiments(max_results=1)  # creates or migrates the tracking tables
+            fresh.search_registered_models(max_results=1)  # and the registry's
+    _READY_STORES.add(uri)
+
+
+def repair_store() -> list[str]:
+    """Drop what an interrupted migration left in the SQLite store, then finish the migration (`mlflow db
+    upgrade`); returns the dropped tables."""
+    from mlflow.store.db.utils import _upgrade_db, create_sqlalchemy_engine
+
+    uri = mlflow.get_tracking_uri()
+    path = store.sqlite_path(uri)
+    if path is None:
+        raise TrackingError(f"{uri}: only a SQLite tracking store is repaired here (a server migrates its own)")
+    store.check_openable(path)
+    with store.first_use_lock(path):
+        dropped = store.drop_leftovers(path)
+        engine = create_sqlalchemy_engine(uri)
+        try:
+            _upgrade_db(engine)
+        finally:
+            engine.dispose()
+    _READY_STORES.discard(uri)
+    ensure_store()
+    return dropped
 
 
 def experiment_id(name: str = EXPERIMENT) -> str:
@@ -154,7 +206,16 @@ class RunLogger:
                 model_config={"inference_device": "cpu"},  # declared so load_model(model_config=...) can override it
                 signature=serving_signature(), input_example=example,
             )
+        self._record_integrity(info.model_uri)
         return info.model_uri
+
+    def _record_integrity(self, model_uri: str) -> None:
+        """The SHA-256 of every file of the logged model (a run artifact), and that manifest's own SHA-256 as a
+        tag in the tracking store: loading refuses files that differ (see `load_predictor`)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            text = integrity.manifest(Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)))
+        self.log_text(text, integrity.MANIFEST_ARTIFACT)
+        self.set_tags({INTEGRITY_TAG: integrity.text_sha256(text)})
 
     def end(self, status: str = "FINISHED") -> None:
         self.flush()
@@ -176,8 +237,13 @@ def serving_signature() -> ModelSignature:
         outputs=Schema([ColSpec("string", "label"), ColSpec("double", "probability"),
                         ColSpec("double", "confidence"), ColSpec("double", "threshold"),
                         ColSpec("string", "model"), ColSpec("string", "gradcam_png", required=False)]),
-        params=ParamSchema([ParamSpec("threshold", "double", None), ParamSpec("gradcam", "boolean", False)]),
+        params=ParamSchema([ParamSpec(name, kind, default) for name, (kind, default) in request_params().items()]),
     )
+
+
+def request_params() -> dict:
+    from .serving import REQUEST_PARAMS  # imported here: serving loads torch, which most commands never need
+    return REQUEST_PARAMS
 
 
 def serving_requirements() -> list[str]:
@@ -205,15 +271,17 @@ def start_run(run_name: str, *, parent_run_id: str | None = None, resume_run_id:
     c = client()
     env_run = os.environ.pop("MLFLOW_RUN_ID", None) if parent_run_id is None else None
     run_id = resume_run_id or env_run
+    tags = {**(tags or {}), PROCESS_TAG: procs.owner_token()}
     if run_id:
+        if resume_run_id:
+            check_resumable(resume_run_id)
         try:
             c.update_run(run_id, status="RUNNING")
         except MlflowException as e:
             raise TrackingError(f"cannot open run {run_id}: {str(e).splitlines()[0]}") from e
-        if tags:
-            RunLogger(run_id).set_tags(tags)
+        RunLogger(run_id).set_tags(tags)
     else:
-        all_tags = {MLFLOW_RUN_NAME: run_name, **(tags or {})}
+        all_tags = {MLFLOW_RUN_NAME: run_name, **tags}
         if parent_run_id:
             all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
         run_id = c.create_run(experiment_id(experiment), tags=all_tags, run_name=run_name).info.run_id
@@ -250,6 +318,33 @@ def _restore_sigterm(previous) -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
+def check_resumable(run_id: str) -> None:
+    """Refuse, before anything changes, a run that is finished or whose process still runs."""
+    run = get_run(run_id)
+    status = run.info.status
+    if status == "FINISHED":
+        raise TrackingError(f"run {run_id} already finished; nothing to resume")
+    if status in ("RUNNING", "SCHEDULED"):
+        owner = run.data.tags.get(PROCESS_TAG, "")
+        verdict = procs.owner_alive(owner) if owner else None
+        host, _, rest = owner.partition(" ")
+        if verdict is True:
+            raise TrackingError(f"run {run_id} is still running (pid {rest.split(' ')[0]} on {host}); stop it first")
+        if verdict is None:
+            where = f"on host {host}" if owner else "in a process it did not record"
+            raise TrackingError(f"run {run_id} is RUNNING {where}; only there can pneumo-ml tell whether it still "
+                                f"runs: resume it there")
+
+
+def resumable(run) -> bool:
+    """A run that --resume may continue: killed, or left RUNNING by a process that is gone."""
+    status = run.info.status
+    if status == "KILLED":
+        return True
+    owner = run.data.tags.get(PROCESS_TAG)
+    return status == "RUNNING" and bool(owner) and procs.owner_alive(owner) is False
+
+
 def get_run(run_id: str):
     try:
         return client().get_run(run_id)
@@ -277,7 +372,11 @@ def child_runs(parent_run_id: str) -> list:
 
 def register(model_uri: str, *, name: str = MODEL_NAME, tags: dict[str, Any] | None = None):
     """A new version of `name` from a logged model, tagged (experiment, run, validation and test figures)."""
+    ensure_store()
     version = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in (tags or {}).items()})
+    digest = client().get_run(version.run_id).data.tags.get(INTEGRITY_TAG) if version.run_id else None
+    if digest:
+        set_version_tags(name, str(version.version), {"model_sha256": digest})
     return version
 
 
@@ -347,14 +446,56 @@ def describe_model_uri(uri: str) -> str:
 
 
 def load_predictor(uri: str, device: str = "cpu"):
-    """The Predictor inside a logged pyfunc (any models:/ or runs:/ URI, or a local model folder)."""
+    """The Predictor inside a logged pyfunc (any models:/ or runs:/ URI, or a local model folder), loaded only
+    once its files match the SHA-256 manifest training recorded."""
+    if uri.startswith(("models:/", "runs:/")):
+        ensure_store()
     try:
-        model = mlflow.pyfunc.load_model(uri, model_config={"inference_device": device})
-    except (MlflowException, OSError) as e:
+        verified = _verified_copy(uri)
+        model = mlflow.pyfunc.load_model(str(verified or uri), model_config={"inference_device": device})
+    except (MlflowException, OSError, ValueError) as e:  # ValueError: pneumo_ml.predictor.ModelCardError
         raise TrackingError(f"cannot load model {uri!r}: {str(e).splitlines()[0]}") from e
     predictor = model.unwrap_python_model().predictor
     predictor.card.name = describe_model_uri(uri) or predictor.card.name
     return predictor
+
+
+def _verified_copy(uri: str) -> Path | None:
+    """A local copy of the model whose files match its recorded manifest (IntegrityError otherwise); None, with a
+    warning, for a model without a record (a local folder, or logged before records were kept)."""
+    run_id = _source_run(uri)
+    digest = get_run(run_id).data.tags.get(INTEGRITY_TAG) if run_id else None
+    if not digest:
+        log.warning("%s: no integrity record (a local folder, or logged by an older pneumo-ml): loaded unverified",
+                    uri)
+        return None
+    folder = Path(tempfile.mkdtemp(prefix="pneumo-ml-model-"))
+    atexit.register(shutil.rmtree, folder, True)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(folder / "model")))
+    recorded = RunLogger(run_id).download(integrity.MANIFEST_ARTIFACT, folder / "record").read_text()
+    integrity.verify(local, recorded, digest, describe_model_uri(uri))
+    return local
+
+
+def _source_run(uri: str) -> str | None:
+    """The run that logged the model a URI names; None for a local folder."""
+    c = client()
+    try:
+        if uri.startswith("runs:/"):
+            return uri[len("runs:/"):].split("/", 1)[0]
+        if not uri.startswith("models:/"):
+            return None
+        ref = uri[len("models:/"):].rstrip("/")
+        if "@" in ref:
+            return c.get_model_version_by_alias(*ref.split("@", 1)).run_id
+        if "/" in ref:
+            name, version = ref.split("/", 1)
+            if version == "latest":
+                return max(model_versions(name), key=lambda v: int(v.version)).run_id
+            return c.get_model_version(name, version).run_id
+        return c.get_logged_model(ref).source_run_id
+    except (MlflowException, ValueError) as e:  # ValueError: no versions to take the latest of
+        raise TrackingError(f"cannot load model {uri!r}: {str(e).splitlines()[0]}") from e
 
 
 def tracking_uri() -> str:

@@ -22,17 +22,18 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from . import distributed, engine, metrics, plots, tracking
+from . import checkpoints, distributed, engine, metrics, plots, tracking
 from .cache import DecodedCache, image_array, shared_cache
 from .config import Config
 from .data import DataError, SplitTable, cache_root, load_split
-from .errors import ConfigError
+from .errors import ConfigError, TrackingError
 from .devices import resolve_device
 from .io import read_xray
 from .loaders import BatchLoader
 from .models import create_model, normalization, unwrap
 from .predictor import ModelCard
 from .promotion import comparability_tags
+from .splitcheck import find_leaks
 from .transforms import BatchTransform
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class PreparedData:
     targets: dict[str, np.ndarray]
     skipped: pd.DataFrame
     seconds: float = 0.0
+    leaks: list[str] = field(default_factory=list)  # split problems the user chose to train with (--allow-leaks)
     digest: str = ""  # split_digest: what makes two runs' validation figures comparable
 
 
@@ -105,8 +107,21 @@ def prepare_data(config: Config, cache: DecodedCache | None = None, progress: bo
         for name in ("train", "val", "test"):
             if len(np.unique(targets[name])) < 2:
                 raise DataError(f"{name}: after skipping unreadable files one class is left; cannot evaluate")
-    return PreparedData(split, images, targets, skipped_frame, time.perf_counter() - start,
+    leaks = _checked_split(split, cache, config.allow_leaks)
+    return PreparedData(split, images, targets, skipped_frame, time.perf_counter() - start, leaks,
                         split_digest(split.frame, cache))
+
+
+def _checked_split(split: SplitTable, cache: DecodedCache, allow: bool) -> list[str]:
+    """The split's leaks (files or bytes shared across splits, a file with two labels): an error unless allowed."""
+    leaks = find_leaks(split.frame, cache.content_hash)
+    if leaks and not allow:
+        listing = "\n".join(f"  {line}" for line in leaks[:20]) + ("\n  ..." if len(leaks) > 20 else "")
+        raise DataError(f"the split leaks: {len(leaks)} problem(s) (fix the data, or pass --allow-leaks to train "
+                        f"anyway):\n{listing}")
+    if leaks:
+        log.warning("training with %d split problem(s) (--allow-leaks); listed in data/leaks.txt", len(leaks))
+    return leaks
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -169,6 +184,8 @@ def run_experiment(config: Config, *, data: PreparedData | None = None, parent_r
     world, device = distributed.init(resolve_device(config.device))
     if world.active and resume_run_id:
         raise ConfigError("--resume runs in one process; resume without torchrun")
+    if resume_run_id:
+        tracking.check_resumable(resume_run_id)  # before any work
     seed_everything(config.seed, config.deterministic)
     if data is None:
         if not world.is_main:
@@ -178,21 +195,29 @@ def run_experiment(config: Config, *, data: PreparedData | None = None, parent_r
             distributed.barrier()
     progress = progress and world.is_main
     result = ExperimentResult("", config.name, config)
+    setup = state = None
+    if resume_run_id:  # the checkpoint is checked before the run's status changes: a refused resume leaves it as it was
+        setup = build(config, data, device, world)
+        state = _resume_state(resume_run_id, setup.model, setup.optimizer)
     run_context = tracking.start_run(config.name, parent_run_id=parent_run_id, resume_run_id=resume_run_id,
                                      tags={"pneumo_ml.model": config.model}) if world.is_main \
         else contextlib.nullcontext(tracking.NoRun())
     with run_context as run:
         result.run_id = run.run_id
-        setup = build(config, data, device, world)
+        setup = setup or build(config, data, device, world)
         result.weights_source = setup.weights_source
-        state = _resume_state(run, setup.model, setup.optimizer) if resume_run_id else None
         if state is None:
             _log_setup(run, config, data, setup.weights_source, device, world)
+        else:
+            _log_missing_epochs(run, state.history)
+        writer = checkpoints.Writer(checkpoints.local_path(run.run_id)) if world.is_main else None
         last_checkpoint: dict = {}
 
         def on_epoch_end(fit_state: engine.FitState, row: dict) -> None:
             run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"], wait=False)
             last_checkpoint["state"] = _snapshot(engine.checkpoint(setup.model, setup.optimizer, fit_state))
+            if writer is not None:
+                writer.submit(last_checkpoint["state"])
 
         start = time.perf_counter()
         try:
@@ -207,6 +232,8 @@ def run_experiment(config: Config, *, data: PreparedData | None = None, parent_r
         result.timings["train_s"] = time.perf_counter() - start
         result.history, result.best_epoch = state.history, state.best_epoch
         _evaluate_and_log(run, result, setup, config, data, world)
+    if writer is not None:
+        writer.discard()  # the run is finished: nothing left to resume
     return result
 
 
@@ -222,6 +249,9 @@ def _log_setup(run: tracking.RunLogger, config: Config, data: PreparedData, weig
         run.log_text("\n".join(data.split.warnings), "data/warnings.txt")
     if len(data.skipped):
         run.log_table(data.skipped, "data/skipped.csv")
+    if data.leaks:
+        run.log_text("\n".join(data.leaks), "data/leaks.txt")
+        run.set_tags({"pneumo_ml.allowed_leaks": len(data.leaks)})
     run.log_metrics({"n_skipped": float(len(data.skipped)), "data_seconds": data.seconds})
 
 
@@ -247,13 +277,43 @@ def _log_checkpoint(run: tracking.RunLogger, checkpoint: dict) -> None:
                 checkpoint["epoch"], run.run_id)
 
 
-def _resume_state(run: tracking.RunLogger, model, optimizer) -> engine.FitState:
+def _resume_state(run_id: str, model, optimizer) -> engine.FitState:
+    """The newest whole checkpoint of the run (the per-epoch local file, or the artifact an interrupt logged),
+    restored into the model and optimizer; TrackingError when there is none to resume from."""
+    candidates, problems = [], []
+    local = checkpoints.local_path(run_id)
+    if local.is_file():
+        try:
+            candidates.append(checkpoints.load(local, str(local)))
+        except checkpoints.CheckpointError as e:
+            problems.append(str(e))
     with tempfile.TemporaryDirectory() as tmp:
-        path = run.download("checkpoints/last.pt", tmp)
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    state = engine.restore(model, optimizer, saved)
-    log.info("resuming run %s after epoch %d", run.run_id, state.epoch)
+        try:
+            path = tracking.RunLogger(run_id).download("checkpoints/last.pt", tmp)
+            candidates.append(checkpoints.load(path, "artifact checkpoints/last.pt"))
+        except TrackingError:
+            pass
+        except checkpoints.CheckpointError as e:
+            problems.append(str(e))
+    if not candidates:
+        reason = "; ".join(problems) or "no checkpoint (it stopped before its first epoch ended; start a new run)"
+        raise TrackingError(f"cannot resume run {run_id}: {reason}")
+    saved = max(candidates, key=lambda c: c["epoch"])
+    try:
+        state = engine.restore(model, optimizer, saved)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise TrackingError(f"cannot resume run {run_id}: its checkpoint does not fit the model "
+                                     f"({str(e).splitlines()[0][:200]})") from None
+    log.info("resuming run %s after epoch %d", run_id, state.epoch)
     return state
+
+
+def _log_missing_epochs(run: tracking.RunLogger, history: list[dict]) -> None:
+    """Per-epoch metrics a hard kill kept from reaching the store (they are logged asynchronously)."""
+    logged = {row["epoch"] for row in tracking.metric_history(run.run_id, ["val_loss"])}
+    for row in history:
+        if row["epoch"] not in logged:
+            run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
 
 
 def _evaluate_and_log(run, result: ExperimentResult, setup: Setup, config: Config, data: PreparedData,

@@ -45,7 +45,8 @@ def test_parallel_decoding_equals_serial_and_reports_bad_files(tmp_path):
     serial, serial_fail = DecodedCache().load(paths, 32, workers=1, progress=False)
     parallel, parallel_fail = DecodedCache().load(paths, 32, workers=2, progress=False)
     np.testing.assert_array_equal(serial, parallel)
-    assert [f.index for f in parallel_fail] == [len(paths) - 1] and "broken.jpeg" in parallel_fail[0].reason
+    assert [f.index for f in parallel_fail] == [len(paths) - 1] and parallel_fail[0].path == str(bad)
+    assert parallel_fail[0].reason == "truncated JPEG header"  # the reason alone: the path is beside it
     assert serial_fail == parallel_fail
 
 

@@ -440,7 +440,7 @@ def test_unreadable_file(tmp_path, monkeypatch):
     def denied(*args, **kwargs):  # chmod 000 would not stop root, who runs CI containers
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr("pneumo_ml.io.open", denied, raising=False)
+    monkeypatch.setattr("pneumo_ml.io.os.open", denied)  # every read opens through os.open (non-blocking)
     assert raises_read_error(path) == f"{path}: permission denied"
 
 

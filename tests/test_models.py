@@ -55,8 +55,9 @@ def test_bad_weights_files_are_clear_errors(tmp_path):
 def test_pickled_objects_are_refused_by_weights_only_loading(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"state_dict": {"x": torch.zeros(1)}, "obj": object()}, path)
-    with pytest.raises(WeightsError, match="not a loadable weights file"):
+    with pytest.raises(WeightsError, match="holds pickled Python objects, which pneumo-ml never loads") as info:
         create_model("small_cnn", "false", weights=path)
+    assert "weights_only=False" not in str(info.value)  # torch's advice would run the file's code
 
 
 def test_pretrained_true_offline_fails_fast_naming_both_ways_out(monkeypatch, tmp_path):
