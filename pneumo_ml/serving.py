@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+from pathlib import Path
 
 import mlflow.pyfunc
 import numpy as np
@@ -16,14 +17,34 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from .io import ImageReadError
+from .ood import Reference
 from .predictor import Predictor
 
 MAX_ROWS = 64  # per request; PNEUMO_ML_MAX_ROWS overrides. Pixels per image: pneumo_ml.io.MAX_PIXELS.
-OUTPUT_COLUMNS = ["label", "probability", "confidence", "threshold", "model"]
+OUTPUT_COLUMNS = ["label", "probability", "confidence", "threshold", "model", "ood_score", "warning"]
+ERROR_MODES = ("request", "row")  # param `errors`: one bad row fails the request (default), or only its own row
 
 
 class BadRequest(ValueError):
     """A request the client must fix; becomes HTTP 400 through mlflow models serve."""
+
+
+class RequestError(MlflowException):
+    """HTTP 400 whose message is the reason alone. MLflow's scoring server rewrites the message of any
+    MlflowException into "Failed to predict data '<the whole request>'. Error: ..." (scoring_server.invocations),
+    which buries the reason under a dump of the data; this message keeps its first value."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"bad request: {reason}", error_code=INVALID_PARAMETER_VALUE)
+
+    @property
+    def message(self) -> str:
+        return self._reason
+
+    @message.setter
+    def message(self, value: str) -> None:
+        if not hasattr(self, "_reason"):
+            self._reason = value
 
 
 def max_rows() -> int:
@@ -50,19 +71,22 @@ def row_bytes(value, row: int) -> bytes:
 
 
 def decode_rows(predictor: Predictor, frame: pd.DataFrame):
-    """(images, errors): every row is tried, so the error names all the bad rows at once."""
+    """(decoded, errors) per row: (image, why it is not a radiograph) or None, and the row's error or ''.
+    Every row is tried, so an error names all the bad rows at once."""
     if not isinstance(frame, pd.DataFrame) or "image" not in frame.columns:
         found = list(frame.columns) if isinstance(frame, pd.DataFrame) else type(frame).__name__
         raise BadRequest(f"expected a column 'image' with base64-encoded image bytes, got {found}")
     if len(frame) > max_rows():
         raise BadRequest(f"{len(frame)} rows in one request; the limit is {max_rows()} (PNEUMO_ML_MAX_ROWS)")
-    images, errors = [], []
+    decoded, errors = [], []
     for row, value in enumerate(frame["image"].tolist()):
         try:
-            images.append(predictor.decode(row_bytes(value, row), name=f"row {row}"))
+            decoded.append(predictor.read(row_bytes(value, row), name=f"row {row}"))
+            errors.append("")
         except (BadRequest, ImageReadError) as e:
+            decoded.append(None)
             errors.append(str(e))
-    return images, errors
+    return decoded, errors
 
 
 class PneumoniaClassifier(mlflow.pyfunc.PythonModel):
@@ -70,20 +94,42 @@ class PneumoniaClassifier(mlflow.pyfunc.PythonModel):
         config = getattr(context, "model_config", None) or {}
         device = config.get("inference_device") or os.environ.get("PNEUMO_ML_DEVICE", "cpu")
         self.predictor = Predictor.from_files(context.artifacts["weights"], context.artifacts["model_card"], device)
+        self.predictor.reference = Reference.load(context.artifacts.get("ood_stats"))
+        self.predictor.card.name = registered_name(context.artifacts["weights"]) or self.predictor.card.name
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         params = params or {}
+        per_row = params.get("errors") or "request"
+        if per_row not in ERROR_MODES:
+            raise RequestError(f"errors {per_row!r} is not one of {', '.join(ERROR_MODES)}")
         try:
-            images, errors = decode_rows(self.predictor, model_input)
-            if errors:
-                raise BadRequest("; ".join(errors))
+            decoded, errors = decode_rows(self.predictor, model_input)
         except BadRequest as e:
-            raise MlflowException(f"bad request: {e}", error_code=INVALID_PARAMETER_VALUE) from None
+            raise RequestError(str(e)) from None
+        if any(errors) and per_row == "request":
+            raise RequestError("; ".join(e for e in errors if e))
         threshold = params.get("threshold")
         if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
-            raise MlflowException(f"bad request: threshold {threshold} is not in [0, 1]",
-                                  error_code=INVALID_PARAMETER_VALUE)
-        stack = np.stack(images) if images else np.zeros((0, 1, 1), dtype=np.uint8)
-        rows = self.predictor.predict(stack, threshold=threshold, gradcam=bool(params.get("gradcam", False)))
+            raise RequestError(f"threshold {threshold} is not in [0, 1]")
+        good = [i for i, d in enumerate(decoded) if d is not None]
+        stack = np.stack([decoded[i][0] for i in good]) if good else np.zeros((0, 1, 1), dtype=np.uint8)
+        rows = self.predictor.predict(stack, threshold=threshold, gradcam=bool(params.get("gradcam", False)),
+                                      not_radiograph=[decoded[i][1] for i in good])
         columns = OUTPUT_COLUMNS + (["gradcam_png"] if params.get("gradcam") else [])
-        return pd.DataFrame(rows, columns=columns)
+        if per_row == "request":
+            return pd.DataFrame(rows, columns=columns)
+        merged = [{"error": e} for e in errors]
+        for i, row in zip(good, rows):
+            merged[i] = {**row, "error": ""}
+        return pd.DataFrame(merged, columns=columns + ["error"])
+
+
+def registered_name(weights_path: str) -> str:
+    """'name vN' when the model was loaded from the registry: MLflow writes `registered_model_meta` next to
+    the MLmodel file it downloads for a models:/ URI (alias or version)."""
+    meta = Path(weights_path).parent.parent / "registered_model_meta"
+    if not meta.is_file():
+        return ""
+    import yaml
+    info = yaml.safe_load(meta.read_text()) or {}
+    return f"{info['model_name']} v{info['model_version']}" if info.get("model_name") else ""

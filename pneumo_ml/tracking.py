@@ -135,7 +135,7 @@ class RunLogger:
         except (MlflowException, OSError) as e:
             raise TrackingError(f"run {self.run_id}: no artifact {artifact_path!r}") from e
 
-    def log_model(self, weights: Path, card: Path, example_png: bytes) -> str:
+    def log_model(self, weights: Path, card: Path, example_png: bytes, ood_stats: Path | None = None) -> str:
         """The pyfunc (models-from-code; weights as a state dict artifact; the package's code alongside, so the
         model runs as it was trained); returns its model URI."""
         import base64
@@ -149,7 +149,8 @@ class RunLogger:
             info = Model.log(
                 artifact_path=None, name="model", flavor=mlflow.pyfunc, run_id=self.run_id, model_id=logged.model_id,
                 python_model=str(PACKAGE_DIR / "pyfunc_model.py"),
-                artifacts={"weights": str(weights), "model_card": str(card)},
+                artifacts={"weights": str(weights), "model_card": str(card),
+                           **({"ood_stats": str(ood_stats)} if ood_stats else {})},
                 code_paths=[str(code)], pip_requirements=serving_requirements(),
                 model_config={"inference_device": "cpu"},  # declared so load_model(model_config=...) can override it
                 signature=serving_signature(), input_example=example,
@@ -175,8 +176,10 @@ def serving_signature() -> ModelSignature:
         inputs=Schema([ColSpec("string", "image")]),
         outputs=Schema([ColSpec("string", "label"), ColSpec("double", "probability"),
                         ColSpec("double", "confidence"), ColSpec("double", "threshold"),
-                        ColSpec("string", "model"), ColSpec("string", "gradcam_png", required=False)]),
-        params=ParamSchema([ParamSpec("threshold", "double", None), ParamSpec("gradcam", "boolean", False)]),
+                        ColSpec("string", "model"), ColSpec("double", "ood_score"), ColSpec("string", "warning"),
+                        ColSpec("string", "gradcam_png", required=False), ColSpec("string", "error", required=False)]),
+        params=ParamSchema([ParamSpec("threshold", "double", None), ParamSpec("gradcam", "boolean", False),
+                            ParamSpec("errors", "string", "request")]),
     )
 
 
