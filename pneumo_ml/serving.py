@@ -121,7 +121,8 @@ class PneumoniaClassifier(mlflow.pyfunc.PythonModel):
         merged = [{"error": e} for e in errors]
         for i, row in zip(good, rows):
             merged[i] = {**row, "error": ""}
-        return pd.DataFrame(merged, columns=columns + ["error"])
+        frame = pd.DataFrame(merged, columns=columns + ["error"])
+        return frame.astype(object).where(frame.notna(), None)  # a failed row's cells: null in JSON, not NaN
 
 
 def registered_name(weights_path: str) -> str:
