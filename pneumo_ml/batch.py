@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from .errors import DataError
 from .inputs import expand_paths
 from .io import ImageReadError
 
@@ -34,6 +35,9 @@ def predict_files(model_uri: str, paths, *, threshold: float | None = None, batc
                   device: str = "cpu", progress: bool = True) -> pd.DataFrame:
     from .tracking import load_predictor
     files, missing = expand_paths(paths)
+    if not files:
+        raise DataError(f"{', '.join(map(str, missing))}: no such file or folder" if missing
+                        else f"no images found in {', '.join(map(str, paths))}")
     predictor = load_predictor(model_uri, device)
     rows = [{"path": str(p), "error": f"{p}: no such file or folder"} for p in missing]
     for batch_paths, images, failures in _decoded_batches(predictor, files, batch_size, progress, "predict"):

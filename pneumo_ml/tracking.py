@@ -291,6 +291,13 @@ def model_versions(name: str = MODEL_NAME) -> list:
         raise TrackingError(f"cannot list versions of {name!r}: {str(e).splitlines()[0]}") from e
 
 
+def registered_model_names() -> list[str]:
+    try:
+        return [m.name for m in client().search_registered_models(max_results=1000)]
+    except MlflowException:
+        return []
+
+
 def alias_version(name: str, alias: str) -> str | None:
     try:
         return str(client().get_model_version_by_alias(name, alias).version)
@@ -354,7 +361,8 @@ def load_predictor(uri: str, device: str = "cpu"):
     try:
         model = mlflow.pyfunc.load_model(uri, model_config={"inference_device": device})
     except (MlflowException, OSError) as e:
-        raise TrackingError(f"cannot load model {uri!r}: {str(e).splitlines()[0]}") from e
+        from .suggest import registry_hint
+        raise TrackingError(f"cannot load model {uri!r}: {str(e).splitlines()[0]}{registry_hint(uri)}") from e
     predictor = model.unwrap_python_model().predictor
     predictor.card.name = describe_model_uri(uri) or predictor.card.name
     return predictor
