@@ -298,6 +298,30 @@ def explain(model_uri, paths, out, device):
     sys.exit(1 if failures else 0)
 
 
+@main.command("request")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--threshold", type=click.FloatRange(0, 1), show_default="the model's validation threshold",
+              help="Param threshold: PNEUMONIA when P(pneumonia) >= this.")
+@click.option("--gradcam", is_flag=True, help="Param gradcam: a base64 PNG overlay per row.")
+@click.option("--errors", type=click.Choice(["request", "row"]), default="request",
+              help="Param errors: a bad row fails the request, or only its own row.")
+def request_(paths, threshold, gradcam, errors):
+    """Print the JSON body of a REST request (POST /invocations) for image files and folders."""
+    import json
+
+    from .payload import request_body
+    params = {"threshold": threshold, "gradcam": gradcam or None, "errors": None if errors == "request" else errors}
+    click.echo(json.dumps(request_body(paths, {k: v for k, v in params.items() if v is not None})))
+
+
+@main.command()
+def samples():
+    """Print the paths of the real radiographs installed with the package (NORMAL and PNEUMONIA)."""
+    from .payload import SAMPLES
+    for path in sorted(SAMPLES.glob("*/*.jpeg")):
+        click.echo(path)
+
+
 # --- data -----------------------------------------------------------------------------------------------
 
 @main.group()

@@ -23,13 +23,13 @@ from PIL import Image  # noqa: E402
 from . import tracking  # noqa: E402
 from .errors import TrackingError  # noqa: E402
 from .io import ImageReadError, read_xray  # noqa: E402
+from .payload import SAMPLES  # noqa: E402
 from .predictor import NOTICE  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME = tracking.MODEL_NAME
 FILE_TYPES = [".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".bmp", ".tif", ".tiff"]
-SAMPLES = Path(__file__).resolve().parent / "samples"
 ATTRIBUTION = ("Examples: real radiographs from Kermany, Zhang & Goldbaum (2018), *Labeled Optical Coherence "
                "Tomography (OCT) and Chest X-Ray Images for Classification*, Mendeley Data v2, "
                "doi:10.17632/rscbjbr9sj.2, licensed [CC BY 4.0](https://creativecommons.org/licenses/by/4.0/); "

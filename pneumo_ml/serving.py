@@ -23,6 +23,7 @@ from .predictor import Predictor
 MAX_ROWS = 64  # per request; PNEUMO_ML_MAX_ROWS overrides. Pixels per image: pneumo_ml.io.MAX_PIXELS.
 OUTPUT_COLUMNS = ["label", "probability", "confidence", "threshold", "model", "ood_score", "warning"]
 ERROR_MODES = ("request", "row")  # param `errors`: one bad row fails the request (default), or only its own row
+OUTPUTS = ("table", "label")  # param `output`: every column (default), or the labels alone (mlflow.models.evaluate)
 
 
 class BadRequest(ValueError):
@@ -93,6 +94,7 @@ class PneumoniaClassifier(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         config = getattr(context, "model_config", None) or {}
         device = config.get("inference_device") or os.environ.get("PNEUMO_ML_DEVICE", "cpu")
+        self.output = config.get("output") or "table"  # the `output` param's default (see OUTPUTS)
         self.predictor = Predictor.from_files(context.artifacts["weights"], context.artifacts["model_card"], device)
         self.predictor.reference = Reference.load(context.artifacts.get("ood_stats"))
         self.predictor.card.name = registered_name(context.artifacts["weights"]) or self.predictor.card.name
@@ -102,6 +104,9 @@ class PneumoniaClassifier(mlflow.pyfunc.PythonModel):
         per_row = params.get("errors") or "request"
         if per_row not in ERROR_MODES:
             raise RequestError(f"errors {per_row!r} is not one of {', '.join(ERROR_MODES)}")
+        output = params.get("output") or getattr(self, "output", "table")
+        if output not in OUTPUTS:
+            raise RequestError(f"output {output!r} is not one of {', '.join(OUTPUTS)}")
         try:
             decoded, errors = decode_rows(self.predictor, model_input)
         except BadRequest as e:
@@ -117,12 +122,15 @@ class PneumoniaClassifier(mlflow.pyfunc.PythonModel):
                                       not_radiograph=[decoded[i][1] for i in good])
         columns = OUTPUT_COLUMNS + (["gradcam_png"] if params.get("gradcam") else [])
         if per_row == "request":
-            return pd.DataFrame(rows, columns=columns)
-        merged = [{"error": e} for e in errors]
-        for i, row in zip(good, rows):
-            merged[i] = {**row, "error": ""}
-        frame = pd.DataFrame(merged, columns=columns + ["error"])
-        return frame.astype(object).where(frame.notna(), None)  # a failed row's cells: null in JSON, not NaN
+            frame = pd.DataFrame(rows, columns=columns)
+        else:
+            merged = [{"error": e} for e in errors]
+            for i, row in zip(good, rows):
+                merged[i] = {**row, "error": ""}
+            frame = pd.DataFrame(merged, columns=columns + ["error"])
+            frame = frame.astype(object).where(frame.notna(), None)  # a failed row's cells: null in JSON, not NaN
+        # MLflow's classifier evaluator takes the model's output as one 1-D array of labels.
+        return frame["label"] if output == "label" else frame
 
 
 def registered_name(weights_path: str) -> str:

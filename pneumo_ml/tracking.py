@@ -152,7 +152,8 @@ class RunLogger:
                 artifacts={"weights": str(weights), "model_card": str(card),
                            **({"ood_stats": str(ood_stats)} if ood_stats else {})},
                 code_paths=[str(code)], pip_requirements=serving_requirements(),
-                model_config={"inference_device": "cpu"},  # declared so load_model(model_config=...) can override it
+                # declared so load_model(model_config=...) / mlflow.models.evaluate(model_config=...) can override them
+                model_config={"inference_device": "cpu", "output": "table"},
                 signature=serving_signature(), input_example=example,
             )
         return info.model_uri
@@ -179,7 +180,7 @@ def serving_signature() -> ModelSignature:
                         ColSpec("string", "model"), ColSpec("double", "ood_score"), ColSpec("string", "warning"),
                         ColSpec("string", "gradcam_png", required=False), ColSpec("string", "error", required=False)]),
         params=ParamSchema([ParamSpec("threshold", "double", None), ParamSpec("gradcam", "boolean", False),
-                            ParamSpec("errors", "string", "request")]),
+                            ParamSpec("errors", "string", "request"), ParamSpec("output", "string", None)]),
     )
 
 

@@ -187,6 +187,17 @@ def test_explain_writes_one_png_per_input_and_fails_clearly_on_a_bad_file(traine
     assert failed.exit_code == 1 and "bad.jpeg: not an image" in failed.output
 
 
+def test_request_prints_a_body_for_the_installed_samples():
+    import base64
+    import json
+    listed = cli("samples").output.split()
+    assert len(listed) == 8 and all(os.path.isfile(p) for p in listed)
+    body = json.loads(cli("request", listed[0], listed[-1], "--threshold", 0.3, "--errors", "row").output)
+    assert body["params"] == {"threshold": 0.3, "errors": "row"}
+    assert base64.b64decode(body["dataframe_split"]["data"][1][0]) == open(listed[-1], "rb").read()
+    one_clean_line(cli("request", "nothing.png"), "error: nothing.png: no such file or folder")
+
+
 def test_python_dash_m_and_the_console_script_are_the_same_cli():
     result = subprocess.run([sys.executable, "-m", "pneumo_ml", "--help"], capture_output=True, text=True)
     assert result.returncode == 0

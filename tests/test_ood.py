@@ -72,3 +72,20 @@ def test_registered_pyfunc_flags_what_is_not_like_its_training_images(registered
     assert not test["warning"].str.contains(ood.NOT_RADIOGRAPH).any()
     assert np.isfinite(out["ood_score"]).all() and test["ood_score"].median() < 1 < bad["ood_score"].median()
     assert (out["model"] == f"pneumonia-classifier v{registered.version}").all()  # by registered name
+
+
+def test_mlflow_models_evaluate_on_the_registered_model_and_a_labelled_folder(registered, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from pneumo_ml.payload import SAMPLES as INSTALLED, labelled_frame
+    data = labelled_frame(INSTALLED)
+    assert sorted(data["target"].value_counts().to_dict().items()) == [("NORMAL", 4), ("PNEUMONIA", 4)]
+    with mlflow.start_run() as run:
+        result = mlflow.models.evaluate(f"models:/pneumonia-classifier/{registered.version}", data, targets="target",
+                                        model_type="classifier", predictions="label", model_config={"output": "label"},
+                                        evaluator_config={"pos_label": "PNEUMONIA"})
+    expected = mlflow.pyfunc.load_model(f"models:/pneumonia-classifier/{registered.version}").predict(data[["image"]])
+    hits = (expected["label"] == data["target"]).mean()
+    assert result.metrics["example_count"] == 8 and result.metrics["accuracy_score"] == pytest.approx(hits)
+    assert "confusion_matrix" in result.artifacts
+    assert "accuracy_score" in MlflowClient().get_run(run.info.run_id).data.metrics

@@ -159,6 +159,10 @@ def test_rest_endpoint_serves_jpegs_and_dicom_and_survives_bad_input(server, tmp
     with_cam = invoke(server, good[:1], params={"gradcam": True, "threshold": 0.3})
     assert with_cam.status_code == 200 and with_cam.json()["predictions"][0]["threshold"] == 0.3
     assert base64.b64decode(with_cam.json()["predictions"][0]["gradcam_png"])[:8] == b"\x89PNG\r\n\x1a\n"
+    from pneumo_ml.payload import request_body  # what `pneumo-ml request FILE` prints
+    import json
+    body = invoke(server, body=json.dumps(request_body([SAMPLES / "PNEUMONIA"], {"threshold": 0.3})))
+    assert body.status_code == 200 and len(body.json()["predictions"]) == 4
     photo = invoke(server, [b64(colour_photo())], params={"threshold": 0.3})
     assert photo.status_code == 200 and photo.json()["predictions"][0]["warning"].startswith(NOT_RADIOGRAPH)
 
