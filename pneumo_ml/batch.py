@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from textwrap import fill
 
 import numpy as np
 import pandas as pd
@@ -69,7 +70,7 @@ def explain_files(model_uri: str, paths, out: Path, *, device: str = "cpu",
             target = _free_name(out / f"{path.stem}_gradcam.png")
             save_overlay(target, image, heat, title=f"{path.name}: {result['label']} "
                                                     f"p={result['probability']:.2f} (threshold {result['threshold']:.2f})"
-                                                    + (f"\n{result['warning']}" if result["warning"] else ""))
+                                                    + (f"\n{fill(result['warning'], 70)}" if result["warning"] else ""))
             written.append(target)
             warnings += [f"{path}: {result['warning']}"] if result["warning"] else []
     return written, errors, warnings

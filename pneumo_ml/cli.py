@@ -253,7 +253,8 @@ def promote(model_name, metric, alias, margin, challenger):
 @main.command()
 @click.option("--model-uri", required=True, help="models:/pneumonia-classifier@champion, runs:/<id>/model, ...")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option("--out", type=click.Path(dir_okay=False), show_default="stdout", help="Write the predictions as CSV here.")
+@click.option("--out", type=click.Path(dir_okay=False), show_default="stdout",
+              help="Write the predictions as CSV here.")
 @click.option("--threshold", type=click.FloatRange(0, 1), show_default="the model's validation threshold",
               help="PNEUMONIA when P(pneumonia) >= this.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1), help="Images per forward pass.")

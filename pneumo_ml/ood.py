@@ -33,29 +33,34 @@ MARGIN = 1.25
 
 # --- check 1: does it look like a radiograph? -----------------------------------------------------------
 
-def _thumbnail(src) -> Image.Image | None:
-    """The input as a small RGB picture, or None where PIL cannot read it (DICOM is read by pydicom)."""
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")  # PIL modes without colour: nothing to decode for the colour check
+
+
+def _header(src) -> tuple[tuple[int, int], float] | None:
+    """(width × height, mean chroma) of the input, or None where PIL cannot read it (DICOM: pydicom's, grey).
+    Only colour images are decoded again, small; a grey one's header says all."""
     try:
         fp = open(src, "rb") if isinstance(src, (str, os.PathLike)) else io.BytesIO(bytes(src))
         with fp, Image.open(fp, formats=["JPEG", "PNG", "BMP", "TIFF"]) as img:
             size = img.size
-            img.draft("RGB", (128, 128))
+            if img.mode in GREY_MODES:
+                return size, 0.0
+            img.draft("RGB", (128, 128))  # JPEG: decode at a reduced scale
             small = img.convert("RGB")
             small.thumbnail((128, 128))
-            small.info["original_size"] = size
-            return small
+            rgb = np.asarray(small, dtype=np.int16)
+            return size, float((rgb.max(axis=2) - rgb.min(axis=2)).mean() / 255)
     except Exception:  # noqa: BLE001 - read_xray has already accepted the input; this view is optional
         return None
 
 
 def not_a_radiograph(src, image: np.ndarray) -> str:
     """Why `src` does not look like a chest radiograph ('' when it does). `image`: its decoded grey pixels."""
-    thumb = _thumbnail(src)
-    if thumb is not None:
-        rgb = np.asarray(thumb, dtype=np.int16)
-        if (rgb.max(axis=2) - rgb.min(axis=2)).mean() / 255 > MAX_CHROMA:
+    header = _header(src)
+    if header is not None:
+        (width, height), chroma = header
+        if chroma > MAX_CHROMA:
             return "it is in colour"
-        width, height = thumb.info["original_size"]
         if max(width, height) / max(1, min(width, height)) > MAX_ASPECT:
             return f"its shape, {width}x{height}, is far from a chest film's"
     counts = np.bincount(np.asarray(image, dtype=np.uint8).ravel(), minlength=256)

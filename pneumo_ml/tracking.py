@@ -178,7 +178,8 @@ def serving_signature() -> ModelSignature:
         outputs=Schema([ColSpec("string", "label"), ColSpec("double", "probability"),
                         ColSpec("double", "confidence"), ColSpec("double", "threshold"),
                         ColSpec("string", "model"), ColSpec("double", "ood_score"), ColSpec("string", "warning"),
-                        ColSpec("string", "gradcam_png", required=False), ColSpec("string", "error", required=False)]),
+                        ColSpec("string", "gradcam_png", required=False),
+                        ColSpec("string", "error", required=False)]),
         params=ParamSchema([ParamSpec("threshold", "double", None), ParamSpec("gradcam", "boolean", False),
                             ParamSpec("errors", "string", "request"), ParamSpec("output", "string", None)]),
     )

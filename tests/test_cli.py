@@ -60,7 +60,8 @@ def test_user_mistakes_end_in_one_clear_line(args, needles):
 
 def test_empty_folders_say_so(tmp_path):
     (tmp_path / "empty").mkdir()
-    for args in (["predict", "--model-uri", "models:/nothing/1", tmp_path / "empty"], ["data", "check", tmp_path / "empty"]):
+    for args in (["predict", "--model-uri", "models:/nothing/1", tmp_path / "empty"],
+                 ["data", "check", tmp_path / "empty"]):
         result = cli(*args)
         one_clean_line(result, f"error: no images found in {tmp_path / 'empty'}")
         assert len(result.output.strip().splitlines()) == 1, result.output
@@ -80,7 +81,8 @@ def test_help_lists_choices_and_defaults_for_every_option_and_the_version():
     assert "else 5)]" in text and "else 0.0001)]" in text and "else 42)]" in text  # epochs, lr, seed
     assert "[default: 32; x>=1]" in " ".join(cli("predict", "--help").output.split())
     assert cli("--version").output.startswith("pneumo-ml, version ")
-    assert resolve_model("ResNet50_Aug") == ("resnet50", True) and resolve_model("ResNet50_NoAug") == ("resnet50", False)
+    assert resolve_model("ResNet50_Aug") == ("resnet50", True)
+    assert resolve_model("ResNet50_NoAug") == ("resnet50", False)
     assert resolve_model("SmallCNN") == ("small_cnn", None) and resolve_model("vit_tiny") == ("vit_tiny", None)
 
 
@@ -181,6 +183,10 @@ def test_explain_writes_one_png_per_input_and_fails_clearly_on_a_bad_file(traine
     assert pngs == ["NORMAL2-IM-1436-0001_gradcam.png", "scan_gradcam.png"]
     from PIL import Image
     assert Image.open(out / pngs[0]).mode in ("RGB", "RGBA")
+    photo = tmp_path / "photo.jpeg"
+    photo.write_bytes(colour_photo())
+    warned = cli("explain", "--model-uri", f"models:/pneumonia-classifier/{result.version}", photo, "--out", out)
+    assert warned.exit_code == 0 and f"WARN {photo}: {NOT_RADIOGRAPH}" in warned.output, warned.output
     bad = tmp_path / "bad.jpeg"
     bad.write_text("not an image")
     failed = cli("explain", "--model-uri", f"models:/pneumonia-classifier/{result.version}", bad, "--out", out)

@@ -137,7 +137,7 @@ def invoke(base, rows=None, params=None, body=None):
                          headers={"Content-Type": "application/json"}, timeout=60)
 
 
-def test_rest_endpoint_serves_jpegs_and_dicom_and_survives_bad_input(server, tmp_path):
+def test_rest_endpoint_serves_jpegs_and_dicom_and_survives_bad_input(server, trained_model, tmp_path):
     good = [b64(p.read_bytes()) for p in JPEGS[:2]]
     dicom = write_dicom(tmp_path / "x.dcm", read_xray(JPEGS[2]), monochrome1=True)
     answer = invoke(server, good + [b64(dicom.read_bytes())])
@@ -145,6 +145,7 @@ def test_rest_endpoint_serves_jpegs_and_dicom_and_survives_bad_input(server, tmp
     predictions = answer.json()["predictions"]
     assert len(predictions) == 3
     assert {"label", "probability", "confidence", "threshold", "model", "ood_score", "warning"} <= set(predictions[0])
+    assert {p["model"] for p in predictions} == {f"pneumonia-classifier v{trained_model[1].version}"}  # registry name
     reference = answer.json()
     for name, cell, reason in bad_rows(tmp_path):
         bad = invoke(server, [cell])
