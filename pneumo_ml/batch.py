@@ -2,25 +2,28 @@
 from __future__ import annotations
 
 from pathlib import Path
+from textwrap import fill
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from .errors import DataError
 from .inputs import expand_paths
 from .io import ImageReadError
 
-COLUMNS = ["path", "label", "probability", "confidence", "threshold", "model", "error"]
+COLUMNS = ["path", "label", "probability", "confidence", "threshold", "model", "ood_score", "warning", "error"]
 
 
 def _decoded_batches(predictor, files: list[Path], batch_size: int, progress: bool, desc: str):
-    """(paths, images, failures) per batch; an unreadable file is a failure, never the end of the run."""
+    """(paths, images, failures) per batch, each image with why it is not a radiograph ('' if it is); an
+    unreadable file is a failure, never the end of the run."""
     bar = tqdm(total=len(files), desc=desc, unit="img", disable=not progress, leave=False)
     for start in range(0, len(files), batch_size):
         paths, images, failures = [], [], []
         for path in files[start:start + batch_size]:
             try:
-                images.append(predictor.decode(path))
+                images.append(predictor.read(path))
                 paths.append(path)
             except ImageReadError as e:
                 failures.append((path, str(e)))
@@ -33,12 +36,16 @@ def predict_files(model_uri: str, paths, *, threshold: float | None = None, batc
                   device: str = "cpu", progress: bool = True) -> pd.DataFrame:
     from .tracking import load_predictor
     files, missing = expand_paths(paths)
+    if not files:
+        raise DataError(f"{', '.join(map(str, missing))}: no such file or folder" if missing
+                        else f"no images found in {', '.join(map(str, paths))}")
     predictor = load_predictor(model_uri, device)
     rows = [{"path": str(p), "error": f"{p}: no such file or folder"} for p in missing]
     for batch_paths, images, failures in _decoded_batches(predictor, files, batch_size, progress, "predict"):
         rows += [{"path": str(p), "error": reason} for p, reason in failures]
         if images:
-            results = predictor.predict(np.stack(images), threshold=threshold)
+            results = predictor.predict(np.stack([i for i, _ in images]), threshold=threshold,
+                                        not_radiograph=[r for _, r in images])
             rows += [{"path": str(p), **r, "error": ""} for p, r in zip(batch_paths, results)]
     order = {str(p): i for i, p in enumerate(list(missing) + files)}
     frame = pd.DataFrame(rows, columns=COLUMNS).fillna({"error": ""})
@@ -46,25 +53,27 @@ def predict_files(model_uri: str, paths, *, threshold: float | None = None, batc
 
 
 def explain_files(model_uri: str, paths, out: Path, *, device: str = "cpu",
-                  batch_size: int = 8) -> tuple[list[Path], list[str]]:
+                  batch_size: int = 8) -> tuple[list[Path], list[str], list[str]]:
     from .explain import save_overlay
     from .tracking import load_predictor
     files, missing = expand_paths(paths)
     predictor = load_predictor(model_uri, device)
     out.mkdir(parents=True, exist_ok=True)
-    written, errors = [], [f"{p}: no such file or folder" for p in missing]
+    written, errors, warnings = [], [f"{p}: no such file or folder" for p in missing], []
     for batch_paths, images, failures in _decoded_batches(predictor, files, batch_size, True, "explain"):
         errors += [reason for _, reason in failures]
         if not images:
             continue
-        stack = np.stack(images)
-        results = predictor.predict(stack)
+        stack = np.stack([i for i, _ in images])
+        results = predictor.predict(stack, not_radiograph=[r for _, r in images])
         for path, image, heat, result in zip(batch_paths, stack, predictor.heatmaps(stack), results):
             target = _free_name(out / f"{path.stem}_gradcam.png")
             save_overlay(target, image, heat, title=f"{path.name}: {result['label']} "
-                                                    f"p={result['probability']:.2f} (threshold {result['threshold']:.2f})")
+                                                    f"p={result['probability']:.2f} (threshold {result['threshold']:.2f})"
+                                                    + (f"\n{fill(result['warning'], 70)}" if result["warning"] else ""))
             written.append(target)
-    return written, errors
+            warnings += [f"{path}: {result['warning']}"] if result["warning"] else []
+    return written, errors, warnings
 
 
 def _free_name(path: Path) -> Path:

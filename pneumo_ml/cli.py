@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .config import parse_bool
+from .config import Config, parse_bool
 from .errors import ConfigError, UserError
 from .io import ImageReadError
 
@@ -28,6 +28,9 @@ class Optional_(click.ParamType):
             return None
         return self.inner.convert(value, param, ctx)
 
+    def get_metavar(self, *args, **kwargs):
+        return self.inner.get_metavar(*args, **kwargs)  # a Choice lists its choices, not CHOICE
+
 
 class Bool(click.ParamType):
     name = "true|false"
@@ -41,13 +44,13 @@ class Bool(click.ParamType):
             self.fail(f"expected true or false, got {value!r}", param, ctx)
 
 
-def bool_option(name: str, help: str):
+def bool_option(name: str, help: str, default: str = "false"):
     """`--x`, `--x true|false` (as MLproject passes it) and `--no-x`."""
     def decorate(f):
         f = click.option(f"--no-{name}", f"no_{name.replace('-', '_')}", is_flag=True, default=False,
                          help=f"Same as --{name} false.")(f)
         return click.option(f"--{name}", name.replace("-", "_"), type=Bool(), is_flag=False, flag_value="true",
-                            default=None, help=help)(f)
+                            default=None, help=help, show_default=default)(f)
     return decorate
 
 
@@ -64,6 +67,10 @@ class Main(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except click.UsageError as e:  # one line, not click's usage block
+            where = e.ctx.command_path if e.ctx else "pneumo-ml"
+            click.echo(f"error: {e.format_message()} (see {where} --help)", err=True)
+            sys.exit(e.exit_code)
         except (SystemExit, click.exceptions.Exit, click.ClickException):
             raise
         except (UserError, ImageReadError) as e:
@@ -79,7 +86,8 @@ class Main(click.Group):
             sys.exit(1)
 
 
-@click.group(cls=Main, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Main, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(package_name="pneumo-ml", prog_name="pneumo-ml")
 @click.option("-v", "--verbose", is_flag=True, help="More log output.")
 def main(verbose: bool) -> None:
     """Train, compare, explain, register and serve chest X-ray classifiers, tracked in MLflow.
@@ -102,38 +110,64 @@ TRAIN_OPTIONS = ("model", "aug", "data", "epochs", "batch_size", "lr", "image_si
                  "loss", "seed", "device", "n_train", "n_val", "n_test")
 
 
+def from_yaml(key: str) -> str:
+    """What --help shows as the default of a train option: the experiment YAML decides, else the config's own."""
+    return f"experiment YAML, else {getattr(Config, key)}"
+
+
 @main.command()
 @click.option("--config", "config_path", type=Optional_(click.Path(dir_okay=False)),
-              help="Experiment YAML (default: experiments/<model>[_aug|_noaug].yaml).")
-@click.option("--model", type=Optional_(click.STRING), help="small_cnn, resnet50, vit_tiny or densenet121.")
-@bool_option("aug", "Train with the seed's augmentations (flip, rotation ±10°, brightness ±20 %).")
-@click.option("--data", type=Optional_(click.STRING), help="'synthetic', a Kermany-layout folder or a CSV manifest.")
-@click.option("--epochs", type=Optional_(click.INT))
-@click.option("--batch-size", type=Optional_(click.INT))
-@click.option("--lr", type=Optional_(click.FLOAT))
-@click.option("--image-size", type=Optional_(click.INT))
-@click.option("--pretrained", type=Optional_(click.Choice(["auto", "true", "false"], case_sensitive=False)))
-@click.option("--weights", type=Optional_(click.STRING), help="A local state dict / timm checkpoint to start from.")
-@click.option("--loss", type=Optional_(click.Choice(["ce", "weighted_ce", "focal"])))
-@click.option("--seed", type=Optional_(click.INT))
-@click.option("--device", type=Optional_(click.Choice(["auto", "cpu", "cuda"])))
-@click.option("--n-train", type=Optional_(click.INT), help="Training images (half per class; 0 = all).")
-@click.option("--n-val", type=Optional_(click.INT))
-@click.option("--n-test", type=Optional_(click.INT))
-@bool_option("register", "Register the model as a new version of pneumonia-classifier (default true).")
+              help="Experiment YAML.", show_default="experiments/<model>[_aug|_noaug].yaml")
+@click.option("--model", type=Optional_(click.STRING), show_default=from_yaml("model"),
+              help="small_cnn, resnet50, vit_tiny or densenet121, or a display name: SmallCNN, ResNet50_Aug, "
+                   "ResNet50_NoAug, ViT_Tiny, DenseNet121.")
+@bool_option("aug", "Train with the seed's augmentations (flip, rotation ±10°, brightness ±20 %).", from_yaml("aug"))
+@click.option("--data", type=Optional_(click.STRING), show_default=from_yaml("data"),
+              help="'synthetic', a Kermany-layout folder or a CSV manifest.")
+@click.option("--epochs", type=Optional_(click.INT), show_default=from_yaml("epochs"), help="Training epochs.")
+@click.option("--batch-size", type=Optional_(click.INT), show_default=from_yaml("batch_size"),
+              help="Global batch size.")
+@click.option("--lr", type=Optional_(click.FLOAT), show_default=from_yaml("lr"), help="Adam learning rate.")
+@click.option("--image-size", type=Optional_(click.INT), show_default=from_yaml("image_size"),
+              help="Square input size in px.")
+@click.option("--pretrained", type=Optional_(click.Choice(["auto", "true", "false"], case_sensitive=False)),
+              show_default=from_yaml("pretrained"),
+              help="ImageNet weights: auto = when they can be had offline, else random (logged).")
+@click.option("--weights", type=Optional_(click.STRING), show_default="none",
+              help="A local state dict / timm checkpoint to start from.")
+@click.option("--loss", type=Optional_(click.Choice(["ce", "weighted_ce", "focal"])), show_default=from_yaml("loss"),
+              help="Training loss.")
+@click.option("--seed", type=Optional_(click.INT), show_default=from_yaml("seed"), help="Seed of every random draw.")
+@click.option("--device", type=Optional_(click.Choice(["auto", "cpu", "cuda"])), show_default=from_yaml("device"),
+              help="auto = CUDA when available.")
+@click.option("--n-train", type=Optional_(click.INT), show_default=from_yaml("n_train"),
+              help="Training images (half per class; 0 = all).")
+@click.option("--n-val", type=Optional_(click.INT), show_default=from_yaml("n_val"),
+              help="Validation images (half per class; 0 = all).")
+@click.option("--n-test", type=Optional_(click.INT), show_default=from_yaml("n_test"),
+              help="Test images (half per class; 0 = all).")
+@bool_option("quick", "Shrink sizes as `suite --quick` does (the suite YAML's quick: block); options given win.")
+@bool_option("register", "Register the model as a new version of pneumonia-classifier.", "true")
 @bool_option("skip-bad", "Skip unreadable images (listed in data/skipped.csv) instead of stopping.")
 @bool_option("allow-leaks", "Train even if the split shares files or bytes across splits (listed in data/leaks.txt).")
 @bool_option("compile", "torch.compile the model.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other config key, e.g. --set patience=2.")
-@click.option("--resume", "resume_run_id", type=Optional_(click.STRING), help="Continue a killed run by its id.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", show_default="none",
+              help="Any other config key, e.g. --set patience=2.")
+@click.option("--resume", "resume_run_id", type=Optional_(click.STRING), show_default="none",
+              help="Continue a killed run by its id.")
+@click.option("--quiet", is_flag=True, help="No progress bars or epoch lines.")
 def train(config_path, sets, resume_run_id, quiet, no_aug, no_register, no_skip_bad, no_allow_leaks, no_compile,
-          **options):
+          quick, no_quick, **options):
     """Train one experiment as one MLflow run."""
     from . import config as config_mod
+    from .suggest import resolve_model
     from .train import run_experiment, summary_table
 
     options["aug"] = _flag(options["aug"], no_aug)
+    options["model"], named_aug = resolve_model(options["model"])
+    options["aug"] = named_aug if options["aug"] is None else options["aug"]
+    if _flag(quick, no_quick):
+        options.update({k: v for k, v in quick_overrides().items() if options.get(k) is None})
     options["register"] = _flag(options.pop("register"), no_register)
     options["skip_bad"] = _flag(options.pop("skip_bad"), no_skip_bad)
     options["allow_leaks"] = _flag(options.pop("allow_leaks"), no_allow_leaks)
@@ -157,6 +191,13 @@ def train(config_path, sets, resume_run_id, quiet, no_aug, no_register, no_skip_
         click.echo(summary_table(result))
 
 
+def quick_overrides() -> dict:
+    """The suite's --quick shrink (experiments/suite.yaml, quick: block), for one experiment."""
+    from . import config as config_mod
+    from .suite import load_suite
+    return dict(load_suite(config_mod.experiment_path("suite")).quick)
+
+
 def _config_of_run(run_id: str, options: dict):
     import tempfile
 
@@ -173,11 +214,11 @@ def _config_of_run(run_id: str, options: dict):
 
 @main.command()
 @click.option("--config", "config_path", type=Optional_(click.Path(dir_okay=False)),
-              help="Suite YAML [experiments/suite.yaml].")
+              help="Suite YAML.", show_default="experiments/suite.yaml")
 @bool_option("quick", "Shrink sizes (the suite YAML's quick: block) for a smoke run.")
-@click.option("--resume", "resume_run_id", type=Optional_(click.STRING),
+@click.option("--resume", "resume_run_id", type=Optional_(click.STRING), show_default="none",
               help="Continue an interrupted suite by its parent run id (finished children are kept).")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--quiet", is_flag=True, help="No progress bars or epoch lines.")
 def suite(config_path, quick, no_quick, resume_run_id, quiet):
     """The seed's four experiments as child runs of one parent run, compared, registered, champion promoted."""
     from . import config as config_mod
@@ -194,9 +235,9 @@ def suite(config_path, quick, no_quick, resume_run_id, quiet):
 
 
 @main.command()
-@click.option("--model-name", default="pneumonia-classifier", show_default=True)
+@click.option("--model-name", default="pneumonia-classifier", show_default=True, help="Registered model.")
 @click.option("--metric", default="val_auc", show_default=True, help="val_auc, val_accuracy or val_loss.")
-@click.option("--alias", default="champion", show_default=True)
+@click.option("--alias", default="champion", show_default=True, help="Alias of the winner.")
 @click.option("--margin", default=0.0, show_default=True, type=float,
               help="Promote only when the winner beats the current alias holder by this much.")
 @click.option("--challenger", default="challenger", show_default=True, help="Alias for the runner-up ('' for none).")
@@ -214,13 +255,16 @@ def promote(model_name, metric, alias, margin, challenger):
 @main.command()
 @click.option("--model-uri", required=True, help="models:/pneumonia-classifier@champion, runs:/<id>/model, ...")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option("--out", type=click.Path(dir_okay=False), help="Write the predictions as CSV here.")
-@click.option("--threshold", type=click.FloatRange(0, 1), help="Override the model's validation threshold.")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
-@click.option("--device", default="cpu", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--out", type=click.Path(dir_okay=False), show_default="stdout",
+              help="Write the predictions as CSV here.")
+@click.option("--threshold", type=click.FloatRange(0, 1), show_default="the model's validation threshold",
+              help="PNEUMONIA when P(pneumonia) >= this.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1), help="Images per forward pass.")
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
+              help="Where the model runs.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def predict(model_uri, paths, out, threshold, batch_size, device, quiet):
-    """Predict image files and folders (recursively); unreadable files are listed with their reason."""
+    """Predict image files and folders (recursively) as CSV; unreadable files are listed with their reason."""
     from .batch import predict_files
     from .inputs import check_output_file
     if out:
@@ -231,8 +275,9 @@ def predict(model_uri, paths, out, threshold, batch_size, device, quiet):
     if out:
         frame.to_csv(out, index=False)
     else:
-        click.echo(frame.drop(columns=["error"] if failed.empty else []).to_string(index=False))
-    click.echo(f"{len(frame) - len(failed)} predicted, {len(failed)} failed"
+        click.echo(frame.to_csv(index=False), nl=False)
+    warned = int((frame["warning"].fillna("") != "").sum())
+    click.echo(f"{len(frame) - len(failed)} predicted ({warned} with a warning), {len(failed)} failed"
                + (f" (listed in {out})" if out and len(failed) else "") + f"; {NOTICE}", err=True)
     for row in failed.itertuples():
         click.echo(f"FAIL {row.error}", err=True)
@@ -240,22 +285,49 @@ def predict(model_uri, paths, out, threshold, batch_size, device, quiet):
 
 
 @main.command()
-@click.option("--model-uri", required=True)
+@click.option("--model-uri", required=True, help="models:/pneumonia-classifier@champion, runs:/<id>/model, ...")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the PNG overlays.")
-@click.option("--device", default="cpu", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
+              help="Where the model runs.")
 def explain(model_uri, paths, out, device):
     """Grad-CAM overlays (PNG, one per image) for any image the reader accepts."""
     from .batch import explain_files
     from .inputs import check_output_folder
     check_output_folder(out)
-    written, failures = explain_files(model_uri, paths, Path(out), device=device)
+    written, failures, warnings_ = explain_files(model_uri, paths, Path(out), device=device)
     for path in written:
         click.echo(f"OK   {path}")
+    for message in warnings_:
+        click.echo(f"WARN {message}", err=True)
     for message in failures:
         click.echo(f"FAIL {message}", err=True)
     click.echo(f"{len(written)} overlays written to {out}, {len(failures)} failed; {NOTICE}", err=True)
     sys.exit(1 if failures else 0)
+
+
+@main.command("request")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--threshold", type=click.FloatRange(0, 1), show_default="the model's validation threshold",
+              help="Param threshold: PNEUMONIA when P(pneumonia) >= this.")
+@click.option("--gradcam", is_flag=True, help="Param gradcam: a base64 PNG overlay per row.")
+@click.option("--errors", type=click.Choice(["request", "row"]), default="request",
+              help="Param errors: a bad row fails the request, or only its own row.")
+def request_(paths, threshold, gradcam, errors):
+    """Print the JSON body of a REST request (POST /invocations) for image files and folders."""
+    import json
+
+    from .payload import request_body
+    params = {"threshold": threshold, "gradcam": gradcam or None, "errors": None if errors == "request" else errors}
+    click.echo(json.dumps(request_body(paths, {k: v for k, v in params.items() if v is not None})))
+
+
+@main.command()
+def samples():
+    """Print the paths of the real radiographs installed with the package (NORMAL and PNEUMONIA)."""
+    from .payload import SAMPLES
+    for path in sorted(SAMPLES.glob("*/*.jpeg")):
+        click.echo(path)
 
 
 # --- data -----------------------------------------------------------------------------------------------
@@ -267,14 +339,21 @@ def data():
 
 @data.command("synth")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write (Kermany layout).")
-@click.option("--train", "n_train", default=200, show_default=True, type=click.IntRange(2))
-@click.option("--val", "n_val", default=16, show_default=True, type=click.IntRange(2))
-@click.option("--test", "n_test", default=100, show_default=True, type=click.IntRange(2))
-@click.option("--size", default=None, type=click.IntRange(64, 4096), help="Nominal long side in px [512].")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--difficulty", default=None, type=click.FloatRange(0, 1), help="0 obvious .. 1 subtle.")
-@click.option("--format", "image_format", default="png", type=click.Choice(["png", "jpeg"]), show_default=True)
-@click.option("--workers", default=0, type=click.IntRange(0), help="Processes (0 = one per core).")
+@click.option("--train", "n_train", default=200, show_default=True, type=click.IntRange(2),
+              help="Train images (half per class).")
+@click.option("--val", "n_val", default=16, show_default=True, type=click.IntRange(2),
+              help="Validation images (half per class).")
+@click.option("--test", "n_test", default=100, show_default=True, type=click.IntRange(2),
+              help="Test images (half per class).")
+@click.option("--size", default=None, type=click.IntRange(64, 4096), help="Nominal long side in px.",
+              show_default="512")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the generator.")
+@click.option("--difficulty", default=None, type=click.FloatRange(0, 1), help="0 obvious .. 1 subtle.",
+              show_default="the generator's default")
+@click.option("--format", "image_format", default="png", type=click.Choice(["png", "jpeg"]), show_default=True,
+              help="Image file format.")
+@click.option("--workers", default=0, type=click.IntRange(0), help="Processes (0 = one per core).",
+              show_default=True)
 def data_synth(out, n_train, n_val, n_test, size, seed, difficulty, image_format, workers):
     """Write the synthetic radiographs (with lesion masks under masks/) in the Kermany layout."""
     from . import synthetic
@@ -299,6 +378,8 @@ def data_check(paths, size):
     from .preprocess import resize_xray
 
     files, missing = expand_paths(paths)
+    if not files and not missing:
+        raise ConfigError(f"no images found in {', '.join(paths)}")
     failed = len(missing)
     for path in missing:
         click.echo(f"FAIL {path}: no such file or folder")
@@ -315,11 +396,14 @@ def data_check(paths, size):
 
 
 @data.command("audit")
-@click.argument("root", type=click.Path(exists=True))
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the findings as JSON.")
+@click.argument("root", type=click.Path())
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the findings as JSON.",
+              show_default="none")
 def data_audit(root, json_path):
     """Leakage, duplicates and shortcuts of a Kermany-layout folder; exit 1 on leakage or cross-split duplicates."""
     from .audit import audit_folder, format_report
+    if not Path(root).is_dir():
+        raise ConfigError(f"{root}: {'not a folder' if Path(root).exists() else 'no such folder'}")
     report = audit_folder(Path(root))
     click.echo(format_report(report))
     if json_path:
@@ -344,8 +428,8 @@ def store_repair():
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (loopback by default).")
-@click.option("--port", default=7860, show_default=True, type=int)
-@click.option("--model-name", default="pneumonia-classifier", show_default=True)
+@click.option("--port", default=7860, show_default=True, type=int, help="Port to listen on.")
+@click.option("--model-name", default="pneumonia-classifier", show_default=True, help="Registered model to offer.")
 @click.option("--share", is_flag=True, help="Ask Gradio for a public share link (off by default).")
 def demo(host, port, model_name, share):
     """The Gradio demo (needs the [demo] extra): upload an X-ray, see label, confidence and Grad-CAM."""
@@ -355,14 +439,19 @@ def demo(host, port, model_name, share):
 
 @main.command()
 @bool_option("quick", "Small sizes: a check that the benchmark runs, in a minute or two.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the figures as JSON.")
-@click.option("--models", default=None, help="Comma-separated subset of models [all four].")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the figures as JSON.",
+              show_default="none")
+@click.option("--models", default=None, help="Comma-separated subset of models (keys or display names).",
+              show_default="all four")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
+              help="Where to measure.")
 @click.option("--skip-suite", is_flag=True, help="Leave out the whole-suite timing.")
 def bench(quick, no_quick, json_path, models, device, skip_suite):
     """Throughput of the model alone vs the real data path, pyfunc latency, and the suite's wall time."""
     from .bench import format_table, run_bench
-    report = run_bench(quick=bool(_flag(quick, no_quick)), models=models.split(",") if models else None,
+    from .suggest import resolve_model
+    report = run_bench(quick=bool(_flag(quick, no_quick)),
+                       models=[resolve_model(m.strip())[0] for m in models.split(",")] if models else None,
                        device=device, suite=not skip_suite)
     click.echo(format_table(report))
     if json_path:

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .suggest import did_you_mean, known_model_names
 
 MODEL_NAMES = ("small_cnn", "resnet50", "vit_tiny", "densenet121")
 LOSSES = ("ce", "weighted_ce", "focal")
@@ -84,7 +85,7 @@ def load(path: str | os.PathLike | None = None, *, base: Config | None = None, *
         values.update(_read_yaml(Path(path)))
     for key, value in overrides.items():
         if key not in FIELD_TYPES:
-            raise ConfigError(f"unknown config key {key!r}")
+            raise ConfigError(f"unknown config key {key!r}{did_you_mean(key, FIELD_TYPES)}")
         if value is not None:
             values[key] = value
     return Config(**{k: _coerce(k, v) for k, v in values.items()})
@@ -124,7 +125,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: expected a mapping of config keys")
     unknown = sorted(set(data) - set(FIELD_TYPES))
     if unknown:
-        raise ConfigError(f"{path}: unknown config key(s) {', '.join(unknown)}")
+        raise ConfigError(f"{path}: unknown config key(s) {', '.join(unknown)}{did_you_mean(unknown[0], FIELD_TYPES)}")
     return data
 
 
@@ -165,7 +166,8 @@ def _validate(c: Config) -> None:
         if not ok:
             raise ConfigError(message)
 
-    need(c.model in MODEL_NAMES, f"model: unknown model {c.model!r} (choose from {', '.join(MODEL_NAMES)})")
+    need(c.model in MODEL_NAMES, f"model: unknown model {c.model!r} (choose from {', '.join(MODEL_NAMES)})"
+                                 f"{did_you_mean(c.model, known_model_names())}")
     need(c.loss in LOSSES, f"loss: unknown loss {c.loss!r} (choose from {', '.join(LOSSES)})")
     need(c.pretrained in PRETRAINED, f"pretrained: expected auto, true or false, got {c.pretrained!r}")
     need(c.device in DEVICES, f"device: expected auto, cpu or cuda, got {c.device!r}")

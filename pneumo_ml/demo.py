@@ -23,13 +23,13 @@ from PIL import Image  # noqa: E402
 from . import tracking  # noqa: E402
 from .errors import TrackingError  # noqa: E402
 from .io import ImageReadError, read_xray  # noqa: E402
+from .payload import SAMPLES  # noqa: E402
 from .predictor import NOTICE  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME = tracking.MODEL_NAME
 FILE_TYPES = [".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".bmp", ".tif", ".tiff"]
-SAMPLES = Path(__file__).resolve().parent / "samples"
 ATTRIBUTION = ("Examples: real radiographs from Kermany, Zhang & Goldbaum (2018), *Labeled Optical Coherence "
                "Tomography (OCT) and Chest X-Ray Images for Classification*, Mendeley Data v2, "
                "doi:10.17632/rscbjbr9sj.2, licensed [CC BY 4.0](https://creativecommons.org/licenses/by/4.0/); "
@@ -37,6 +37,7 @@ ATTRIBUTION = ("Examples: real radiographs from Kermany, Zhang & Goldbaum (2018)
 DISPLAY_MAX = 768  # longest side of the radiograph and overlay shown in the page
 MAX_FILE_SIZE = "200mb"
 ALIAS_ORDER = ("champion", "challenger")
+FLAT_MAP = "the map is flat: no region stands out as evidence for this prediction"
 TRAIN_HINT = ("Train and register one first: `pneumo-ml suite` (the four experiments, champion promoted) or "
               "`pneumo-ml train --model small_cnn`, with the same `MLFLOW_TRACKING_URI`; then click "
               "**Refresh models**.")
@@ -243,17 +244,19 @@ def predict_file(file, model_uri: str | None) -> tuple:
 
 
 def _predict(predictor, data: bytes, name: str, shown: np.ndarray) -> tuple[dict, np.ndarray]:
-    from .explain import overlay
-    image = predictor.decode(data, name=name)[None]
-    result = predictor.predict(image)[0]
-    heatmap = predictor.heatmaps(image)[0]
+    from .explain import is_flat, overlay, with_colour_bar
+    image, not_radiograph = predictor.read(data, name=name)
+    result = predictor.predict(image[None], not_radiograph=[not_radiograph])[0]
+    heatmap = predictor.heatmaps(image[None])[0]
+    result["gradcam_flat"] = is_flat(heatmap)
     # The model saw the radiograph squashed to size×size; stretching the map back over the whole picture
     # puts each cell where it came from.
-    return result, overlay(shown, heatmap)
+    return result, with_colour_bar(overlay(shown, heatmap))
 
 
 def _label_markdown(result: dict) -> str:
-    return f"## {result['label']}"
+    warning = f"### ⚠️ {_md(result['warning'])}\n\n" if result["warning"] else ""
+    return f"{warning}## {result['label']}"
 
 
 def _details_markdown(result: dict, model: LoadedModel) -> str:
@@ -267,7 +270,8 @@ def _details_markdown(result: dict, model: LoadedModel) -> str:
         f"- **P(pneumonia):** {result['probability']:.4f}",
         f"- **Threshold:** {result['threshold']:.4f} ({_md(source)}); PNEUMONIA when P(pneumonia) ≥ threshold",
         f"- **Model:** {_md(model.description)} ({_md(card.architecture)}, {card.image_size} px)",
-    ])
+        f"- **Distance from the training images:** {result['ood_score']:.2f} (above 1: unlike them)",
+    ] + ([f"- **Grad-CAM:** {FLAT_MAP}"] if result.get("gradcam_flat") else []))
 
 
 def _md(text: str) -> str:

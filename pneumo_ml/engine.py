@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -176,6 +177,8 @@ def fit(model: nn.Module, train_loader: BatchLoader, val_loader: BatchLoader, op
                "epoch_seconds": train["seconds"], "train_images_per_s": train["images"] / train["seconds"]}
         state.history.append(row)
         state.epoch = epoch + 1
+        if progress:
+            tqdm.write(epoch_line(row, epochs), file=sys.stderr)  # stays when the epoch's bar is gone
         score = sign * row[monitor]
         if state.best_epoch < 0 or score < sign * state.best_score:
             state.best_epoch, state.best_score, state.stale_epochs = epoch + 1, row[monitor], 0
@@ -189,6 +192,11 @@ def fit(model: nn.Module, train_loader: BatchLoader, val_loader: BatchLoader, op
     if state.best_state is not None:
         model.load_state_dict(state.best_state)
     return state
+
+
+def epoch_line(row: dict[str, float], epochs: int) -> str:
+    return (f"epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
+            f"val AUC {row['val_auc']:.3f}, {row['epoch_seconds']:.1f} s")
 
 
 def checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, state: FitState) -> dict:

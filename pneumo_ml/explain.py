@@ -152,6 +152,28 @@ def overlay(image_uint8, heatmap, *, alpha: float = 0.45, colormap: str = "jet")
     return np.clip(np.rint(blended * 255.0), 0, 255).astype(np.uint8)
 
 
+def with_colour_bar(rgb: np.ndarray, colormap: str = "jet") -> np.ndarray:
+    """The overlay with its colour scale on the right, 'more' evidence at the top, 'less' at the bottom."""
+    from PIL import ImageDraw
+    height, width = rgb.shape[:2]
+    bar, gap, text = max(10, width // 30), max(4, width // 80), 40
+    canvas = np.full((height, width + gap + bar + text, 3), 255, dtype=np.uint8)
+    canvas[:, :width] = rgb
+    scale = colormaps[colormap](np.linspace(1.0, 0.0, height))[:, :3]
+    canvas[:, width + gap:width + gap + bar] = np.rint(scale * 255).astype(np.uint8)[:, None, :]
+    picture = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(picture)
+    draw.text((width + gap + bar + 3, 2), "more", fill=(0, 0, 0))
+    draw.text((width + gap + bar + 3, height - 14), "less", fill=(0, 0, 0))
+    return np.asarray(picture)
+
+
+def is_flat(heatmap) -> bool:
+    """A map with no region above any other (gradcam leaves such a map at zero): nothing to show."""
+    heat = np.nan_to_num(_numpy(heatmap).astype(np.float32))
+    return float(heat.max() - heat.min()) < 1e-6
+
+
 def overlay_png(image_uint8, heatmap, *, title: str | None = None) -> bytes:
     """A PNG (RGB) of the overlay with its colour bar, the title if given, and the research-use footer."""
     fig = Figure(figsize=(5.0, 4.4), dpi=100, layout="constrained")

@@ -17,6 +17,7 @@ from .config import MODEL_NAMES
 from .devices import resolve_device
 from .errors import UserError
 from .models import create_model
+from .ood import Reference, not_a_radiograph, penultimate, warning
 from .preprocess import decode_resized
 from .tensorfile import load_tensors
 from .transforms import BatchTransform
@@ -98,6 +99,7 @@ class Predictor:
         self.card = card
         self.batch_size = batch_size
         self.transform = BatchTransform(card.mean, card.std)
+        self.reference: Reference | None = None  # the training features' statistics, when the model carries them
         # Grad-CAM hooks the model's layers while it runs: a server's concurrent requests take turns.
         self._lock = threading.Lock()
 
@@ -112,33 +114,52 @@ class Predictor:
         """Bytes or a path -> the uint8 size×size image (raises pneumo_ml.io.ImageReadError)."""
         return decode_resized(src, self.card.image_size, name=name)
 
-    @torch.no_grad()
+    def read(self, src, name: str | None = None) -> tuple[np.ndarray, str]:
+        """(image, why it does not look like a chest radiograph, '' when it does)."""
+        image = self.decode(src, name=name)
+        return image, not_a_radiograph(src, image)
+
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """P(pneumonia) for uint8 (N, size, size) images."""
+        return self.probabilities_and_features(images)[0]
+
+    @torch.no_grad()
+    def probabilities_and_features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """P(pneumonia) and the penultimate features (N, p) for uint8 (N, size, size) images."""
         out = []
-        with self._lock:
+        with self._lock, penultimate(self.model) as features:
             for start in range(0, len(images), self.batch_size):
                 batch = torch.as_tensor(np.ascontiguousarray(images[start:start + self.batch_size]))
                 logits = self.model(self.transform(batch.to(self.device))).float()
                 out.append(torch.softmax(logits, 1)[:, 1].cpu().numpy())
-        return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+        if not out:
+            return np.zeros(0), np.zeros((0, 0))
+        return np.concatenate(out).astype(np.float64), np.concatenate(features)
+
+    def ood_scores(self, features: np.ndarray) -> np.ndarray:
+        """Distance from the training images relative to the threshold (> 1: flagged); NaN without statistics."""
+        return self.reference.scores(features) if self.reference else np.full(len(features), np.nan)
 
     def heatmaps(self, images: np.ndarray) -> np.ndarray:
         from .explain import gradcam
         with self._lock:
             return gradcam(self.model, self.card.architecture, images, self.transform, target=1, device=self.device)
 
-    def predict(self, images: np.ndarray, *, threshold: float | None = None, gradcam: bool = False) -> list[dict]:
-        """One result per image: label, probability, confidence, threshold, model (and gradcam_png)."""
+    def predict(self, images: np.ndarray, *, threshold: float | None = None, gradcam: bool = False,
+                not_radiograph: list[str] | None = None) -> list[dict]:
+        """One result per image: label, probability, confidence, threshold, model, ood_score, warning (and
+        gradcam_png). `not_radiograph`: what `read` found per image."""
         threshold = self.card.threshold if threshold is None else float(threshold)
-        probs = self.probabilities(images)
+        probs, features = self.probabilities_and_features(images)
+        scores = self.ood_scores(features)
+        reasons = not_radiograph or [""] * len(probs)
         maps = self.heatmaps(images) if gradcam and len(images) else None
         results = []
         for i, p in enumerate(probs):
             positive = p >= threshold
             row = {"label": LABELS[int(positive)], "probability": float(p),
                    "confidence": float(p if positive else 1 - p), "threshold": threshold,
-                   "model": self.card.name}
+                   "model": self.card.name, "ood_score": float(scores[i]), "warning": warning(reasons[i], scores[i])}
             if maps is not None:
                 from .explain import overlay_png
                 png = overlay_png(images[i], maps[i], title=f"{row['label']}  p={p:.2f}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+from pathlib import Path
 
 import mlflow.pyfunc
 import numpy as np
@@ -16,18 +17,41 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from .io import ImageReadError, decoded_pixels, max_image_pixels
+from .ood import Reference
 from .predictor import Predictor
 
 MAX_ROWS = 64  # per request; PNEUMO_ML_MAX_ROWS overrides. Pixels per image: pneumo_ml.io.MAX_PIXELS.
 # Decoded pixels per request; PNEUMO_ML_MAX_REQUEST_PIXELS overrides. 64 chest films of up to 4 MP pass; the
 # decoding work one request can ask for stays bounded (a 50 MP PNG costs over a second of CPU).
 MAX_REQUEST_PIXELS = 256_000_000
-OUTPUT_COLUMNS = ["label", "probability", "confidence", "threshold", "model"]
-REQUEST_PARAMS = {"threshold": ("double", None), "gradcam": ("boolean", False)}  # name: (MLflow type, default)
+OUTPUT_COLUMNS = ["label", "probability", "confidence", "threshold", "model", "ood_score", "warning"]
+ERROR_MODES = ("request", "row")  # param `errors`: one bad row fails the request (default), or only its own row
+OUTPUTS = ("table", "label")  # param `output`: every column (default), or the labels alone (mlflow.models.evaluate)
+# name: (MLflow type, default)
+REQUEST_PARAMS = {"threshold": ("double", None), "gradcam": ("boolean", False), "errors": ("string", "request"),
+                  "output": ("string", None)}
 
 
 class BadRequest(ValueError):
     """A request the client must fix; becomes HTTP 400 through mlflow models serve."""
+
+
+class RequestError(MlflowException):
+    """HTTP 400 whose message is the reason alone. MLflow's scoring server rewrites the message of any
+    MlflowException into "Failed to predict data '<the whole request>'. Error: ..." (scoring_server.invocations),
+    which buries the reason under a dump of the data; this message keeps its first value."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"bad request: {reason}", error_code=INVALID_PARAMETER_VALUE)
+
+    @property
+    def message(self) -> str:
+        return self._reason
+
+    @message.setter
+    def message(self, value: str) -> None:
+        if not hasattr(self, "_reason"):
+            self._reason = value
 
 
 def max_rows() -> int:
@@ -58,7 +82,8 @@ def row_bytes(value, row: int) -> bytes:
 
 
 def decode_rows(predictor: Predictor, frame: pd.DataFrame):
-    """(images, errors): every row is tried, so the error names all the bad rows at once."""
+    """(decoded, errors) per row: (image, why it is not a radiograph) or None, and the row's error or ''.
+    Every row is tried, so an error names all the bad rows at once."""
     if not isinstance(frame, pd.DataFrame) or "image" not in frame.columns:
         found = list(frame.columns) if isinstance(frame, pd.DataFrame) else type(frame).__name__
         raise BadRequest(f"expected a column 'image' with base64-encoded image bytes, got {found}")
@@ -67,17 +92,20 @@ def decode_rows(predictor: Predictor, frame: pd.DataFrame):
     cells, errors = [], []
     for row, value in enumerate(frame["image"].tolist()):
         try:
-            cells.append((row, row_bytes(value, row)))
+            cells.append(row_bytes(value, row))
+            errors.append("")
         except BadRequest as e:
+            cells.append(None)
             errors.append(str(e))
-    _check_pixel_budget([data for _, data in cells], predictor.card.image_size)
-    images = []
-    for row, data in cells:
+    _check_pixel_budget([data for data in cells if data is not None], predictor.card.image_size)
+    decoded = []
+    for row, data in enumerate(cells):
         try:
-            images.append(predictor.decode(data, name=f"row {row}"))
+            decoded.append(None if data is None else predictor.read(data, name=f"row {row}"))
         except ImageReadError as e:
-            errors.append(str(e))
-    return images, sorted(errors, key=_row_number)
+            decoded.append(None)
+            errors[row] = str(e)
+    return decoded, errors
 
 
 def _check_pixel_budget(cells: list[bytes], image_size: int) -> None:
@@ -88,11 +116,6 @@ def _check_pixel_budget(cells: list[bytes], image_size: int) -> None:
     if total > budget:
         raise BadRequest(f"the request's images decode to {total:,} pixels; the limit is {budget:,} per request "
                          f"(PNEUMO_ML_MAX_REQUEST_PIXELS): send fewer or smaller images per request")
-
-
-def _row_number(error: str) -> int:
-    text = error.removeprefix("row ").split(":", 1)[0]
-    return int(text) if text.isdigit() else -1
 
 
 def guard_scoring_server() -> None:
@@ -109,13 +132,13 @@ def guard_scoring_server() -> None:
         try:
             return decode(json_input)
         except RecursionError:
-            raise _bad_request("the JSON body is nested too deeply") from None
+            raise RequestError("the JSON body is nested too deeply") from None
 
     def split_data_and_params(json_input):
         data, params = split(json_input)
         unknown = sorted(set(params or {}) - set(REQUEST_PARAMS)) if isinstance(params, dict) else []
         if unknown:
-            raise _bad_request(f"unknown param(s) {', '.join(map(repr, unknown))}; known: "
+            raise RequestError(f"unknown param(s) {', '.join(map(repr, unknown))}; known: "
                                f"{', '.join(REQUEST_PARAMS)}")
         return data, params
 
@@ -141,31 +164,57 @@ def release_freed_memory() -> None:
 _malloc_trim = None
 
 
-def _bad_request(message: str) -> MlflowException:
-    return MlflowException(f"bad request: {message}", error_code=INVALID_PARAMETER_VALUE)
-
-
 class PneumoniaClassifier(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         config = getattr(context, "model_config", None) or {}
         device = config.get("inference_device") or os.environ.get("PNEUMO_ML_DEVICE", "cpu")
+        self.output = config.get("output") or "table"  # the `output` param's default (see OUTPUTS)
         self.predictor = Predictor.from_files(context.artifacts["weights"], context.artifacts["model_card"], device)
+        self.predictor.reference = Reference.load(context.artifacts.get("ood_stats"))
+        self.predictor.card.name = registered_name(context.artifacts["weights"]) or self.predictor.card.name
         guard_scoring_server()
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         params = params or {}
+        per_row = params.get("errors") or "request"
+        if per_row not in ERROR_MODES:
+            raise RequestError(f"errors {per_row!r} is not one of {', '.join(ERROR_MODES)}")
+        output = params.get("output") or getattr(self, "output", "table")
+        if output not in OUTPUTS:
+            raise RequestError(f"output {output!r} is not one of {', '.join(OUTPUTS)}")
         try:
-            images, errors = decode_rows(self.predictor, model_input)
-            if errors:
-                raise BadRequest("; ".join(errors))
+            decoded, errors = decode_rows(self.predictor, model_input)
         except BadRequest as e:
-            raise _bad_request(str(e)) from None
+            raise RequestError(str(e)) from None
+        if any(errors) and per_row == "request":
+            raise RequestError("; ".join(e for e in errors if e))
         threshold = params.get("threshold")
         if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
-            raise MlflowException(f"bad request: threshold {threshold} is not in [0, 1]",
-                                  error_code=INVALID_PARAMETER_VALUE)
-        stack = np.stack(images) if images else np.zeros((0, 1, 1), dtype=np.uint8)
+            raise RequestError(f"threshold {threshold} is not in [0, 1]")
+        good = [i for i, d in enumerate(decoded) if d is not None]
+        stack = np.stack([decoded[i][0] for i in good]) if good else np.zeros((0, 1, 1), dtype=np.uint8)
         release_freed_memory()  # the full-size decodes are gone: hand their pages back before the model runs
-        rows = self.predictor.predict(stack, threshold=threshold, gradcam=bool(params.get("gradcam", False)))
+        rows = self.predictor.predict(stack, threshold=threshold, gradcam=bool(params.get("gradcam", False)),
+                                      not_radiograph=[decoded[i][1] for i in good])
         columns = OUTPUT_COLUMNS + (["gradcam_png"] if params.get("gradcam") else [])
-        return pd.DataFrame(rows, columns=columns)
+        if per_row == "request":
+            frame = pd.DataFrame(rows, columns=columns)
+        else:
+            merged = [{"error": e} for e in errors]
+            for i, row in zip(good, rows):
+                merged[i] = {**row, "error": ""}
+            frame = pd.DataFrame(merged, columns=columns + ["error"])
+            frame = frame.astype(object).where(frame.notna(), None)  # a failed row's cells: null in JSON, not NaN
+        # MLflow's classifier evaluator takes the model's output as one 1-D array of labels.
+        return frame["label"] if output == "label" else frame
+
+
+def registered_name(weights_path: str) -> str:
+    """'name vN' when the model was loaded from the registry: MLflow writes `registered_model_meta` next to
+    the MLmodel file it downloads for a models:/ URI (alias or version)."""
+    meta = Path(weights_path).parent.parent / "registered_model_meta"
+    if not meta.is_file():
+        return ""
+    import yaml
+    info = yaml.safe_load(meta.read_text()) or {}
+    return f"{info['model_name']} v{info['model_version']}" if info.get("model_name") else ""

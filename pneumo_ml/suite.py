@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -121,6 +122,8 @@ def run_suite(suite: SuiteConfig, *, quick: bool = False, progress: bool = True,
                 data = prepare_data(cfg, progress=progress)
                 timings["data_s"] = data.seconds
             resume_child = earlier.info.run_id if earlier is not None and tracking.resumable(earlier) else None
+            if progress:
+                print(f"[{configs.index(cfg) + 1}/{len(configs)}] {cfg.name}", file=sys.stderr, flush=True)
             outcomes.append(_run_child(cfg, data, parent.run_id, resume_child, progress, timings))
         finished = [o for o in outcomes if o.status == "FINISHED"]
         result = SuiteResult(parent.run_id, outcomes, None, None, timings)

@@ -187,7 +187,7 @@ class RunLogger:
         except (MlflowException, OSError) as e:
             raise TrackingError(f"run {self.run_id}: no artifact {artifact_path!r}") from e
 
-    def log_model(self, weights: Path, card: Path, example_png: bytes) -> str:
+    def log_model(self, weights: Path, card: Path, example_png: bytes, ood_stats: Path | None = None) -> str:
         """The pyfunc (models-from-code; weights as a state dict artifact; the package's code alongside, so the
         model runs as it was trained); returns its model URI."""
         import base64
@@ -201,9 +201,11 @@ class RunLogger:
             info = Model.log(
                 artifact_path=None, name="model", flavor=mlflow.pyfunc, run_id=self.run_id, model_id=logged.model_id,
                 python_model=str(PACKAGE_DIR / "pyfunc_model.py"),
-                artifacts={"weights": str(weights), "model_card": str(card)},
+                artifacts={"weights": str(weights), "model_card": str(card),
+                           **({"ood_stats": str(ood_stats)} if ood_stats else {})},
                 code_paths=[str(code)], pip_requirements=serving_requirements(),
-                model_config={"inference_device": "cpu"},  # declared so load_model(model_config=...) can override it
+                # declared so load_model(model_config=...) / mlflow.models.evaluate(model_config=...) can override them
+                model_config={"inference_device": "cpu", "output": "table"},
                 signature=serving_signature(), input_example=example,
             )
         self._record_integrity(info.model_uri)
@@ -236,7 +238,9 @@ def serving_signature() -> ModelSignature:
         inputs=Schema([ColSpec("string", "image")]),
         outputs=Schema([ColSpec("string", "label"), ColSpec("double", "probability"),
                         ColSpec("double", "confidence"), ColSpec("double", "threshold"),
-                        ColSpec("string", "model"), ColSpec("string", "gradcam_png", required=False)]),
+                        ColSpec("string", "model"), ColSpec("double", "ood_score"), ColSpec("string", "warning"),
+                        ColSpec("string", "gradcam_png", required=False),
+                        ColSpec("string", "error", required=False)]),
         params=ParamSchema([ParamSpec(name, kind, default) for name, (kind, default) in request_params().items()]),
     )
 
@@ -387,6 +391,13 @@ def model_versions(name: str = MODEL_NAME) -> list:
         raise TrackingError(f"cannot list versions of {name!r}: {str(e).splitlines()[0]}") from e
 
 
+def registered_model_names() -> list[str]:
+    try:
+        return [m.name for m in client().search_registered_models(max_results=1000)]
+    except MlflowException:
+        return []
+
+
 def alias_version(name: str, alias: str) -> str | None:
     try:
         return str(client().get_model_version_by_alias(name, alias).version)
@@ -454,7 +465,8 @@ def load_predictor(uri: str, device: str = "cpu"):
         verified = _verified_copy(uri)
         model = mlflow.pyfunc.load_model(str(verified or uri), model_config={"inference_device": device})
     except (MlflowException, OSError, ValueError) as e:  # ValueError: pneumo_ml.predictor.ModelCardError
-        raise TrackingError(f"cannot load model {uri!r}: {str(e).splitlines()[0]}") from e
+        from .suggest import registry_hint
+        raise TrackingError(f"cannot load model {uri!r}: {str(e).splitlines()[0]}{registry_hint(uri)}") from e
     predictor = model.unwrap_python_model().predictor
     predictor.card.name = describe_model_uri(uri) or predictor.card.name
     return predictor

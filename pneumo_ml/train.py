@@ -31,6 +31,7 @@ from .devices import resolve_device
 from .io import read_xray
 from .loaders import BatchLoader
 from .models import create_model, normalization, unwrap
+from .ood import save_reference
 from .predictor import ModelCard
 from .promotion import comparability_tags
 from .splitcheck import find_leaks
@@ -428,7 +429,8 @@ def _log_and_register_model(run, result: ExperimentResult, setup: Setup, config:
         card.save(card_path)
         example = io.BytesIO()
         Image.fromarray(data.images["test"][0]).save(example, format="PNG")
-        result.model_uri = run.log_model(weights, card_path, example.getvalue())
+        stats = save_reference(unwrap(model), card, data.images, Path(tmp))
+        result.model_uri = run.log_model(weights, card_path, example.getvalue(), ood_stats=stats)
     if config.register:
         m = result.metrics
         tags = {"experiment": config.name, "architecture": config.model, "run_id": run.run_id,

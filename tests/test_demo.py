@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 
 from conftest import SAMPLES, write_dicom
+from not_xrays import colour_photo
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
@@ -54,7 +55,8 @@ def expected(path: Path | bytes, uri: str) -> dict:
     from pneumo_ml.tracking import load_predictor
     predictor = load_predictor(uri)
     data = path if isinstance(path, bytes) else path.read_bytes()
-    return predictor.predict(predictor.decode(data)[None])[0]
+    image, not_radiograph = predictor.read(data)
+    return predictor.predict(image[None], not_radiograph=[not_radiograph])[0]
 
 
 def dicom_bytes(source: Path) -> bytes:
@@ -80,12 +82,14 @@ def test_dicom_and_bad_files_through_the_predict_function(trained_model, server,
     shown, label, details, gradcam, error = demo.predict_file(str(dcm), model_uri)
     want = expected(dcm, model_uri)
     assert error == ""
-    assert label.strip("# ") == want["label"] in ("NORMAL", "PNEUMONIA")
+    assert label.splitlines()[-1] == f"## {want['label']}" and want["label"] in ("NORMAL", "PNEUMONIA")
+    assert (want["warning"] != "") == ("⚠️" in label)  # a warning, when there is one, stands above the label
     assert f"{want['probability']:.4f}" in details and f"{want['threshold']:.4f}" in details
     assert "research use, not for diagnosis" in details.lower()
     assert f"v{result.version}" in details and "SmallCNN" in details
     assert shown.dtype == np.uint8 and shown.ndim == 2 and max(shown.shape) <= demo.DISPLAY_MAX
-    assert gradcam.dtype == np.uint8 and gradcam.shape == (*shown.shape, 3)
+    assert gradcam.dtype == np.uint8 and gradcam.shape[0] == shown.shape[0] and gradcam.shape[1] > shown.shape[1]
+    assert gradcam.shape[2] == 3 and gradcam[:, shown.shape[1]:].std() > 20  # the colour bar beside the overlay
     preview = demo.preview_file(str(dcm))
     assert np.array_equal(preview[0], shown) and preview[1:] == ("", "", None, "")
 
@@ -96,6 +100,12 @@ def test_dicom_and_bad_files_through_the_predict_function(trained_model, server,
         assert "This file could not be read" in error and "notes.jpeg" in error and "not an image" in error
         assert image is None and gradcam is None and label == details == ""
         assert str(tmp_path) not in error  # the server's folders are not shown to the user
+
+    photo = tmp_path / "photo.jpeg"
+    photo.write_bytes(colour_photo())
+    _, label, details, _, error = demo.predict_file(str(photo), model_uri)
+    assert error == "" and label.index("does not look like a chest radiograph") < label.index("\n## ")
+    assert "Distance from the training images" in details
 
     _, label, _, _, error = demo.predict_file(None, model_uri)
     assert label == "" and "Upload a chest X-ray first" in error
@@ -141,7 +151,7 @@ def test_model_picker_lists_versions_and_aliases(trained_model, monkeypatch, tmp
 
     # An alias is resolved when predicting: moving @champion needs no restart, and the page says which version.
     _, label, details, _, error = demo.predict_file(str(SAMPLE_NORMAL), f"models:/{MODEL}@champion")
-    assert error == "" and label.strip("# ") in ("NORMAL", "PNEUMONIA")
+    assert error == "" and label.splitlines()[-1] in ("## NORMAL", "## PNEUMONIA")
     assert f"v{first} \\(@champion\\), SmallCNN" in details
     tracking.set_alias(MODEL, "champion", str(vit))
     _, _, details, _, error = demo.predict_file(str(SAMPLE_NORMAL), f"models:/{MODEL}@champion")
@@ -255,6 +265,9 @@ def test_browser_upload_predict_gradcam_and_bad_file(server, trained_model, monk
     want_dicom = expected(dcm, model_uri)
     truncated = tmp_path / "truncated.jpeg"
     truncated.write_bytes(SAMPLE_PNEUMONIA.read_bytes()[:20_000])
+    photo = tmp_path / "photo.jpeg"
+    photo.write_bytes(colour_photo())
+    want_photo = expected(photo, model_uri)
     server.wait_ready()
     # Bound to loopback only (the default), IPv4 127.0.0.1 as /proc/net/tcp spells it.
     assert server.listening_addresses() == {"0100007F"}, server.listening_addresses()
@@ -287,7 +300,7 @@ def test_browser_upload_predict_gradcam_and_bad_file(server, trained_model, monk
 
             def predict_shows(label: str, probability: float) -> None:
                 page.locator("#predict-button").click()
-                expect(page.locator("#result-label")).to_have_text(label)
+                expect(page.locator("#result-label h2")).to_have_text(label)
                 expect(page.locator("#result-details")).to_contain_text(f"{probability:.4f}")
                 expect(page.locator("#result-details")).to_contain_text("research use, not for diagnosis",
                                                                         ignore_case=True)
@@ -322,6 +335,13 @@ def test_browser_upload_predict_gradcam_and_bad_file(server, trained_model, monk
             expect(page.locator("#input-image img")).to_be_visible()
             predict_shows(want_dicom["label"], want_dicom["probability"])
 
+            upload(photo, replacing=True)  # a colour photograph: the warning stands above the label
+            page.locator("#predict-button").click()
+            expect(page.locator("#result-label h3")).to_contain_text("does not look like a chest radiograph")
+            expect(page.locator("#result-label h2")).to_have_text(want_photo["label"])
+            assert page.locator("#result-label h3").bounding_box()["y"] < \
+                page.locator("#result-label h2").bounding_box()["y"]
+
             page.locator("#examples").get_by_text(f"PNEUMONIA: {SAMPLE_PNEUMONIA.stem}").click()  # an example
             expect(page.locator("#result-label")).to_have_text("")
             expect(page.locator("#input-image img")).to_be_visible()
@@ -345,10 +365,10 @@ def test_gradio_client_predicts_a_dicom(server, trained_model, monkeypatch, tmp_
     client = Client(server.url, verbose=False, analytics_enabled=False, download_files=str(tmp_path / "dl"))
     shown, label, details, gradcam, error = client.predict(handle_file(str(dcm)), version_uri(result.version),
                                                            api_name="/predict")
-    assert error == "" and label.strip("# ") == want["label"]
+    assert error == "" and label.splitlines()[-1] == f"## {want['label']}"
     assert f"{want['probability']:.4f}" in details
     with Image.open(gradcam) as cam, Image.open(shown) as image:
-        assert cam.mode == "RGB" and cam.size == image.size
+        assert cam.mode == "RGB" and cam.height == image.height and cam.width > image.width  # + colour bar
     picked, status = client.predict(api_name="/models")  # the Refresh button
     assert picked["value"] == version_uri(result.version) and "1 registered version" in status
     assert [label.split(" · ")[0] for label, _ in picked["choices"]] == [f"v{result.version} SmallCNN"]

@@ -420,3 +420,15 @@ def test_pick_examples_most_confident_of_each_kind():
     assert pick_examples(np.array(targets), torch.tensor(probs), 0.5, per_kind=1) == [
         (6, "TP"), (7, "FP"), (4, "FN"), (5, "TN")]
     assert pick_examples([0, 0], [0.1, 0.2], 0.5) == [(0, "TN"), (1, "TN")]
+
+
+def test_flat_maps_are_named_and_the_colour_bar_runs_from_more_to_less():
+    from pneumo_ml.explain import is_flat, with_colour_bar
+    assert is_flat(np.zeros((7, 7))) and is_flat(np.full((7, 7), 0.3)) and not is_flat(np.eye(7))
+    rgb = np.full((100, 80, 3), 128, dtype=np.uint8)
+    framed = with_colour_bar(rgb)
+    assert framed.shape[0] == 100 and framed.shape[1] > 80 and np.array_equal(framed[:, :80], rgb)
+    bar = framed[:, 80:].astype(int)
+    reddest = int(np.argmax(bar[:, :, 0] - bar[:, :, 2]) // bar.shape[1])  # jet: red at the top, blue below
+    bluest = int(np.argmax(bar[:, :, 2] - bar[:, :, 0]) // bar.shape[1])
+    assert reddest < 50 < bluest

@@ -18,6 +18,8 @@ from mlflow.exceptions import MlflowException
 
 import mlflow
 from conftest import SAMPLES, free_port, write_dicom
+from not_xrays import colour_photo
+from pneumo_ml.ood import NOT_RADIOGRAPH
 from pneumo_ml.io import read_xray
 
 JPEGS = sorted(SAMPLES.rglob("*.jpeg"))
@@ -135,19 +137,22 @@ def invoke(base, rows=None, params=None, body=None):
                          headers={"Content-Type": "application/json"}, timeout=60)
 
 
-def test_rest_endpoint_serves_jpegs_and_dicom_and_survives_bad_input(server, tmp_path):
+def test_rest_endpoint_serves_jpegs_and_dicom_and_survives_bad_input(server, trained_model, tmp_path):
     good = [b64(p.read_bytes()) for p in JPEGS[:2]]
     dicom = write_dicom(tmp_path / "x.dcm", read_xray(JPEGS[2]), monochrome1=True)
     answer = invoke(server, good + [b64(dicom.read_bytes())])
     assert answer.status_code == 200, answer.text
     predictions = answer.json()["predictions"]
     assert len(predictions) == 3
-    assert {"label", "probability", "confidence", "threshold", "model"} <= set(predictions[0])
+    assert {"label", "probability", "confidence", "threshold", "model", "ood_score", "warning"} <= set(predictions[0])
+    assert {p["model"] for p in predictions} == {f"pneumonia-classifier v{trained_model[1].version}"}  # registry name
     reference = answer.json()
     for name, cell, reason in bad_rows(tmp_path):
         bad = invoke(server, [cell])
         assert bad.status_code == 400, (name, bad.text)
-        assert reason in bad.json()["message"], (name, bad.text)
+        # The reason leads, and the request is not echoed back (MLflow's "Failed to predict data '...'").
+        assert bad.json()["message"].startswith(f"bad request: {reason}"), (name, bad.text)
+        assert "Failed to predict" not in bad.text and (len(cell) < 8 or cell[:40] not in bad.text), name
     wrong_column = invoke(server, body={"dataframe_split": {"columns": ["img"], "data": [[good[0]]]}})
     not_json = invoke(server, body="this is not json")
     assert wrong_column.status_code == 400 and not_json.status_code == 400
@@ -155,3 +160,23 @@ def test_rest_endpoint_serves_jpegs_and_dicom_and_survives_bad_input(server, tmp
     with_cam = invoke(server, good[:1], params={"gradcam": True, "threshold": 0.3})
     assert with_cam.status_code == 200 and with_cam.json()["predictions"][0]["threshold"] == 0.3
     assert base64.b64decode(with_cam.json()["predictions"][0]["gradcam_png"])[:8] == b"\x89PNG\r\n\x1a\n"
+    from pneumo_ml.payload import request_body  # what `pneumo-ml request FILE` prints
+    import json
+    body = invoke(server, body=json.dumps(request_body([SAMPLES / "PNEUMONIA"], {"threshold": 0.3})))
+    assert body.status_code == 200 and len(body.json()["predictions"]) == 4
+    photo = invoke(server, [b64(colour_photo())], params={"threshold": 0.3})
+    assert photo.status_code == 200 and photo.json()["predictions"][0]["warning"].startswith(NOT_RADIOGRAPH)
+
+
+def test_rest_errors_row_answers_every_row(server):
+    good = b64(JPEGS[0].read_bytes())
+    answer = invoke(server, [good, "not base64!!", b64(colour_photo())], params={"errors": "row"})
+    assert answer.status_code == 200, answer.text
+    first, broken, photo = answer.json()["predictions"]
+    assert first["error"] == "" and first["label"] in ("NORMAL", "PNEUMONIA")
+    assert broken["error"] == "row 1: not valid base64" and broken["label"] is None
+    assert photo["error"] == "" and photo["warning"].startswith(NOT_RADIOGRAPH)
+    rejected = invoke(server, [good, "not base64!!"])  # the default is unchanged: one bad row fails the request
+    assert rejected.status_code == 400 and rejected.json()["message"] == "bad request: row 1: not valid base64"
+    unknown = invoke(server, [good], params={"errors": "skip"})
+    assert unknown.status_code == 400 and "errors 'skip' is not one of request, row" in unknown.text

@@ -85,12 +85,15 @@ def test_two_seeds_promote_the_experiment_with_the_best_mean(tmp_path):
     assert re.search(r"\| SmallCNN_FastLR[^|]* \| [\d.]+ ± [\d.]+ \[", md)
 
 
-def test_a_failing_child_leaves_the_others_and_the_report_intact(tmp_path):
+def test_a_failing_child_leaves_the_others_and_the_report_intact(tmp_path, capsys):
     (tmp_path / "experiments").mkdir()
     (tmp_path / "experiments" / "broken.yaml").write_text(
         "# a run that cannot start: its weights file does not exist\nname: Broken\nmodel: small_cnn\n"
         "weights: no-such-weights.pt\n")
-    result = run_suite(load_suite(suite_file(tmp_path, ["small_cnn", "broken"])), progress=False)
+    result = run_suite(load_suite(suite_file(tmp_path, ["small_cnn", "broken"])), progress=True)
+    printed = capsys.readouterr().err
+    assert "[1/2] SmallCNN" in printed and "[2/2] Broken" in printed  # a header per child
+    assert "epoch 1/1: train loss " in printed and ", val AUC " in printed  # a line per finished epoch
     statuses = {o.name: o.status for o in result.outcomes}
     assert statuses == {"SmallCNN": "FINISHED", "Broken": "FAILED"}
     broken = next(o for o in result.outcomes if o.name == "Broken")

@@ -71,7 +71,8 @@ def test_registered_pyfunc_reloads_and_matches_the_in_process_model(trained_mode
     jpegs = sorted(SAMPLES.rglob("*.jpeg"))[:3]
     frame = pd.DataFrame({"image": [base64.b64encode(p.read_bytes()).decode() for p in jpegs]})
     out = pyfunc.predict(frame)
-    assert list(out.columns) == ["label", "probability", "confidence", "threshold", "model"]
+    assert list(out.columns) == ["label", "probability", "confidence", "threshold", "model", "ood_score",
+                                 "warning"]
     assert out["label"].isin(["NORMAL", "PNEUMONIA"]).all()
     np.testing.assert_allclose(out["threshold"], result.threshold)
     # The same image through the in-process path: read_xray -> resize -> BatchTransform -> model.
@@ -91,7 +92,7 @@ def test_model_is_logged_with_weights_signature_example_and_explicit_requirement
     from mlflow.models import get_model_info
     info = get_model_info(result.model_uri)
     assert info.signature.inputs.input_names() == ["image"]
-    assert {p.name for p in info.signature.params.params} == {"threshold", "gradcam"}
+    assert {p.name for p in info.signature.params.params} == {"threshold", "gradcam", "errors", "output"}
     local = mlflow.artifacts.download_artifacts(result.model_uri)
     from pathlib import Path
     files = {p.relative_to(local).as_posix() for p in Path(local).rglob("*") if p.is_file()}
