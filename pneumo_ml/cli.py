@@ -264,7 +264,8 @@ def data():
 @click.option("--test", "n_test", default=100, show_default=True, type=click.IntRange(2))
 @click.option("--size", default=None, type=click.IntRange(64, 4096), help="Nominal long side in px [512].")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--difficulty", default=None, type=click.FloatRange(0, 1), help="0 obvious .. 1 subtle.")
+@click.option("--difficulty", default=None, type=click.FloatRange(0, 1),
+              help="Lesion conspicuity and size: 0 obvious .. 1 subtle [synthetic.DEFAULT_DIFFICULTY].")
 @click.option("--format", "image_format", default="png", type=click.Choice(["png", "jpeg"]), show_default=True)
 @click.option("--workers", default=0, type=click.IntRange(0), help="Processes (0 = one per core).")
 def data_synth(out, n_train, n_val, n_test, size, seed, difficulty, image_format, workers):
@@ -318,6 +319,32 @@ def data_audit(root, json_path):
         import json
         Path(json_path).write_text(json.dumps(report.to_dict(), indent=2, default=str))
     sys.exit(1 if report.leaky else 0)
+
+
+@data.command("realism")
+@click.option("--synthetic", "synthetic_dir", type=click.Path(exists=True, file_okay=False),
+              help="A folder of synthetic images (e.g. from data synth) [rendered in memory].")
+@click.option("--real", "real_dir", type=click.Path(exists=True, file_okay=False),
+              help="A folder of real radiographs [the samples shipped in pneumo_ml/samples].")
+@click.option("--n", "n_synthetic", default=64, show_default=True, type=click.IntRange(4),
+              help="Cases to render when --synthetic is not given.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--difficulty", default=None, type=click.FloatRange(0, 1), help="For rendered cases [the default].")
+def data_realism(synthetic_dir, real_dir, n_synthetic, seed, difficulty):
+    """How far synthetic images are from real ones: a real-vs-synthetic classifier's cross-validated AUC
+    on intensity statistics and the radial power spectrum (0.5: indistinguishable; 1: always told apart)."""
+    from . import realism, synthetic
+    real = realism.read_images(Path(real_dir) if real_dir else realism.REAL_SAMPLES)
+    if synthetic_dir:
+        fake = realism.read_images(Path(synthetic_dir))
+    else:
+        fake = realism.synthetic_images(n_synthetic, seed=seed, size=synthetic.DEFAULT_SIZE,
+                                        difficulty=synthetic.DEFAULT_DIFFICULTY if difficulty is None else difficulty)
+    if len(real) < 2 or len(fake) < 2:
+        raise ConfigError(f"need at least 2 real and 2 synthetic images, found {len(real)} and {len(fake)}")
+    auc = realism.realism_auc(real, fake)
+    click.echo(f"real-vs-synthetic AUC {auc:.2f} ({len(real)} real, {len(fake)} synthetic images; linear model, "
+               f"5-fold CV, on intensity statistics and radial power spectrum; 0.5 = indistinguishable)")
 
 
 @main.command()

@@ -104,7 +104,7 @@ def test_size_shortcut_of_the_real_samples_is_flagged(clean):
     assert report.feature_aucs[report.shortcut_feature] < 0.5  # NORMAL larger
     assert audit_folder(clean, progress=False).shortcut_auc == report.shortcut_auc  # deterministic
     text = format_report(report)
-    assert "WARNING" in text and "a model can tell the classes apart from metadata alone" in text
+    assert "WARNING" in text and "a model can tell the classes apart from metadata and global statistics alone" in text
     assert f"most telling feature: {report.shortcut_feature} (higher in NORMAL" in text
 
 
