@@ -16,6 +16,17 @@ TINY = dict(epochs=1, batch_size=8, image_size=32, n_train=16, n_val=8, n_test=1
             gradcam_images=4, device="cpu", workers=1)
 
 
+def cli_args(values: dict) -> list[str]:
+    """A TINY-style dict as pneumo-ml train options (keys without an option of their own through --set)."""
+    args = []
+    for key, value in values.items():
+        if key in ("bootstrap", "gradcam_images", "workers"):
+            args += ["--set", f"{key}={value}"]
+        else:
+            args += [f"--{key.replace('_', '-')}", str(value)]
+    return args
+
+
 @pytest.fixture(scope="session")
 def session_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("session")

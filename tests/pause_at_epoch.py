@@ -13,24 +13,27 @@ from pathlib import Path
 from pneumo_ml import engine, train
 from pneumo_ml.cli import main
 
-marker, pause_epoch, run_name, *cli_args = sys.argv[1:]
-current = {"name": None}
-build, train_one_epoch = train.build, engine.train_one_epoch
+
+def hold_at(marker: Path, pause_epoch: int, run_name: str) -> None:
+    current = {"name": None}
+    build, train_one_epoch = train.build, engine.train_one_epoch
+
+    def named_build(config, *args, **kwargs):
+        current["name"] = config.name
+        return build(config, *args, **kwargs)
+
+    def held_train_one_epoch(*args, epoch: int, **kwargs):
+        if epoch == pause_epoch and run_name in ("*", current["name"]) and not marker.exists():
+            marker.write_text(f"{current['name']} held before epoch {epoch + 1}\n")
+            while True:
+                signal.pause()  # the signal's handler raises (KeyboardInterrupt), as it would mid-epoch
+        return train_one_epoch(*args, epoch=epoch, **kwargs)
+
+    train.build, engine.train_one_epoch = named_build, held_train_one_epoch
 
 
-def named_build(config, *args, **kwargs):
-    current["name"] = config.name
-    return build(config, *args, **kwargs)
-
-
-def held_train_one_epoch(*args, epoch: int, **kwargs):
-    if epoch == int(pause_epoch) and run_name in ("*", current["name"]) and not Path(marker).exists():
-        Path(marker).write_text(f"{current['name']} held before epoch {epoch + 1}\n")
-        while True:
-            signal.pause()  # the signal's handler raises (KeyboardInterrupt), as it would mid-epoch
-    return train_one_epoch(*args, epoch=epoch, **kwargs)
-
-
-train.build, engine.train_one_epoch = named_build, held_train_one_epoch
-sys.argv = ["pneumo-ml", *cli_args]
-main()
+if __name__ == "__main__":  # decoder workers re-import this file as __mp_main__: they must not run the CLI
+    marker_path, epoch_text, name, *cli_args = sys.argv[1:]
+    hold_at(Path(marker_path), int(epoch_text), name)
+    sys.argv = ["pneumo-ml", *cli_args]
+    main()

@@ -12,22 +12,12 @@ import torch
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY
+from conftest import TINY, cli_args
 from pneumo_ml import checkpoints, cli, config, tracking
 from pneumo_ml.train import run_experiment
 
 HARD = dict(TINY, epochs=3, n_train=16, gradcam_images=0)
 PAUSE_EPOCH = 2  # killed at the start of the third epoch, two checkpoints in
-
-
-def cli_args(values: dict) -> list[str]:
-    args = []
-    for key, value in values.items():
-        if key in ("bootstrap", "gradcam_images", "workers"):
-            args += ["--set", f"{key}={value}"]
-        else:
-            args += [f"--{key.replace('_', '-')}", str(value)]
-    return args
 
 
 def wait_for(predicate, proc=None, timeout=300):
@@ -79,9 +69,10 @@ def resume_in_process(run_id: str):
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the decoder workers through /proc")
 def test_kill_9_mid_training_loses_one_epoch_at_most_and_resumes_to_the_uninterrupted_result(tmp_path):
     marker = tmp_path / "paused"
-    hook = Path(__file__).with_name("pause_train.py")
-    env = {**os.environ, "PAUSE_EPOCH": str(PAUSE_EPOCH), "PAUSE_MARKER": str(marker), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(hook), "train", "--model", "small_cnn", *cli_args(HARD),
+    hook = Path(__file__).with_name("pause_at_epoch.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(hook), str(marker), str(PAUSE_EPOCH), "*", "train", "--model",
+                             "small_cnn", *cli_args(HARD),
                              "--set", "workers=2", "--no-register", "--quiet"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
