@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .config import Config, parse_bool
+from .config import SAMPLERS, Config, parse_bool
 from .errors import ConfigError, UserError
 from .io import ImageReadError
 
@@ -107,7 +107,7 @@ def main(verbose: bool) -> None:
 # --- train ----------------------------------------------------------------------------------------------
 
 TRAIN_OPTIONS = ("model", "aug", "data", "epochs", "batch_size", "lr", "image_size", "pretrained", "weights",
-                 "loss", "seed", "device", "n_train", "n_val", "n_test")
+                 "loss", "sampler", "seed", "device", "n_train", "n_val", "n_test")
 
 
 def from_yaml(key: str) -> str:
@@ -137,6 +137,9 @@ def from_yaml(key: str) -> str:
               help="A local state dict / timm checkpoint to start from.")
 @click.option("--loss", type=Optional_(click.Choice(["ce", "weighted_ce", "focal"])), show_default=from_yaml("loss"),
               help="Training loss.")
+@click.option("--sampler", type=Optional_(click.Choice(SAMPLERS, case_sensitive=False)),
+              show_default=from_yaml("sampler"),
+              help="balanced: class-balanced batches, minority images augmented more (for imbalanced data).")
 @click.option("--seed", type=Optional_(click.INT), show_default=from_yaml("seed"), help="Seed of every random draw.")
 @click.option("--device", type=Optional_(click.Choice(["auto", "cpu", "cuda"])), show_default=from_yaml("device"),
               help="auto = CUDA when available.")
@@ -248,6 +251,26 @@ def promote(model_name, metric, alias, margin, challenger):
     click.echo(decision.reason)
     if decision.winner is not None:
         click.echo(f"@{alias} -> v{decision.winner.version if decision.promote else decision.champion_before}")
+
+
+@main.command()
+@click.option("--model-uri", "model_uris", required=True, multiple=True,
+              help="A member: models:/pneumonia-classifier/3, runs:/<id>/model, ... (two or more, repeated).")
+@click.option("--name", default="Ensemble", show_default=True, help="The run's name and the version's experiment tag.")
+@bool_option("register", "Register the ensemble as a version of the registered model.", default="true")
+@click.option("--model-name", default="pneumonia-classifier", show_default=True, help="Registered model.")
+@click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(1),
+              help="Patient-level bootstrap resamples for the intervals.")
+@click.option("--seed", default=42, show_default=True, type=int, help="Seed of the bootstrap.")
+def ensemble(model_uris, name, register, no_register, model_name, bootstrap, seed):
+    """Combine logged models (the mean of their probabilities) into one model, evaluated on the split their
+    runs used, with the same metrics and intervals as any model; logged as one pyfunc and registered."""
+    from .ensemble_run import build_ensemble, summary as ensemble_summary
+    register = _flag(True if register is None else register, no_register)
+    result = build_ensemble(list(model_uris), name=name, register=register, registered_model_name=model_name,
+                            bootstrap=bootstrap, seed=seed)
+    click.echo(ensemble_summary(result))
+    click.echo(NOTICE)
 
 
 # --- inference ------------------------------------------------------------------------------------------

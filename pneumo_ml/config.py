@@ -17,6 +17,7 @@ MODEL_NAMES = ("small_cnn", "resnet50", "vit_tiny", "densenet121")
 LOSSES = ("ce", "weighted_ce", "focal")
 PRETRAINED = ("auto", "true", "false")
 DEVICES = ("auto", "cpu", "cuda")
+SAMPLERS = ("shuffle", "balanced")  # balanced: class-balanced batches, stronger augmentation of the minority
 MONITORS = {"val_loss": "min", "val_auc": "max", "val_accuracy": "max"}
 
 
@@ -44,6 +45,7 @@ class Config:
     weight_decay: float = 0.0
     loss: str = "ce"
     focal_gamma: float = 2.0
+    sampler: str = "shuffle"  # balanced: the study's recommendation 2c, for imbalanced data (--n-train 0)
     monitor: str = "val_loss"  # val_loss: with 16 val images, AUC and accuracy saturate or jump
     patience: int = 0  # early stopping after this many epochs without improvement; 0 = never stop early
     seed: int = 42
@@ -158,7 +160,7 @@ def _coerce(key: str, value: Any) -> Any:
             return float(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{key}: expected {kind.split(' ')[0]}, got {value!r}") from None
-    return str(value).lower() if key in ("pretrained", "device", "loss") else str(value)
+    return str(value).lower() if key in ("pretrained", "device", "loss", "sampler") else str(value)
 
 
 def _validate(c: Config) -> None:
@@ -170,6 +172,7 @@ def _validate(c: Config) -> None:
                                  f"{did_you_mean(c.model, known_model_names())}")
     need(c.loss in LOSSES, f"loss: unknown loss {c.loss!r} (choose from {', '.join(LOSSES)})")
     need(c.pretrained in PRETRAINED, f"pretrained: expected auto, true or false, got {c.pretrained!r}")
+    need(c.sampler in SAMPLERS, f"sampler: expected {' or '.join(SAMPLERS)}, got {c.sampler!r}")
     need(c.device in DEVICES, f"device: expected auto, cpu or cuda, got {c.device!r}")
     need(c.monitor in MONITORS, f"monitor: choose from {', '.join(MONITORS)}")
     need(c.epochs >= 1, "epochs: must be at least 1")

@@ -94,7 +94,7 @@ def train_one_epoch(model: nn.Module, loader: BatchLoader, optimizer: torch.opti
     seen, start = 0, time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch + 1} train", unit="batch", leave=False, disable=not progress)
     for step, (images, targets) in enumerate(bar, 1):
-        logits, loss = train_step(model, transform(images, augment_rng), targets, optimizer, loss_fn, amp=amp)
+        logits, loss = train_step(model, transform(images, augment_rng, targets), targets, optimizer, loss_fn, amp=amp)
         total_loss += loss.detach() * len(targets)
         correct += (logits.detach().argmax(1) == targets).sum()
         seen += len(targets)

@@ -12,13 +12,15 @@ class BatchLoader:
     """Iterates (uint8 images (B, H, W), int64 targets (B,)) on `device`.
 
     The order is a pure function of (seed, epoch), so an interrupted run resumes on the same batches.
+    `balanced`: every epoch draws as many images of each class (the minority's repeated, the majority's a fresh
+    subset each epoch), alternating, so that every even-sized batch holds both classes equally.
     With `world_size` > 1 each rank takes its own shard (DistributedSampler's padding rule for training).
     On CUDA, batches are copied from pinned memory without blocking, one batch ahead.
     """
 
     def __init__(self, images: np.ndarray | torch.Tensor, targets, batch_size: int, *, shuffle: bool = False,
                  seed: int = 0, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
-                 pad: bool | None = None):
+                 pad: bool | None = None, balanced: bool = False):
         self.images = torch.as_tensor(images)
         self.targets = torch.as_tensor(np.asarray(targets), dtype=torch.int64)
         if len(self.images) != len(self.targets):
@@ -30,12 +32,15 @@ class BatchLoader:
         self.rank, self.world_size = rank, world_size
         self.pad = shuffle if pad is None else pad  # training shards pad to equal size; evaluation never repeats
         self.epoch = 0
+        self.balanced = balanced
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def indices(self) -> torch.Tensor:
         n = len(self.targets)
+        if self.balanced:
+            return self._balanced()
         if self.shuffle:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
         else:
@@ -48,6 +53,21 @@ class BatchLoader:
             # batch of batch_size * world_size images.
             order = order[self.rank::self.world_size]
         return order
+
+    def _balanced(self) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        classes = [torch.nonzero(self.targets == c).flatten() for c in range(2)]
+        if any(len(c) == 0 for c in classes):
+            raise ValueError("sampler balanced needs training images of both classes")
+        # Blocks of world_size images per class, so that each rank's strided shard alternates too.
+        per_class = -(-len(self.targets) // (2 * self.world_size)) * self.world_size
+        drawn = []
+        for members in classes:
+            repeats = -(-per_class // len(members))
+            drawn.append(torch.cat([members[torch.randperm(len(members), generator=generator)]
+                                    for _ in range(repeats)])[:per_class])
+        blocks = torch.stack([d.view(-1, self.world_size) for d in drawn], 1)  # (blocks, class, rank)
+        return blocks.reshape(-1)[self.rank::self.world_size] if self.world_size > 1 else blocks.reshape(-1)
 
     def __len__(self) -> int:
         return -(-len(self.indices()) // self.batch_size)

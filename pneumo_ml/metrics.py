@@ -170,6 +170,25 @@ def bootstrap_ci(y, p, threshold: float, *, groups=None, n_boot: int = 1000, see
     return {m: _percentiles(d, level) for m, d in draws.items()}
 
 
+def evaluation_metrics(val: dict, test: dict, threshold: float, test_groups, *, n_boot: int, seed: int) -> dict:
+    """What a run logs once it is evaluated: validation figures (`best_val_*`), test figures at 0.5 (`test_*`)
+    and at the validation threshold (`test_tuned_*`), with patient-level bootstrap intervals. `val`/`test`:
+    {"targets", "probs"}."""
+    final = {"val_threshold": threshold}
+    for prefix, part in (("best_val", val), ("test", test)):
+        final.update({f"{prefix}_{k}": v for k, v in binary_metrics(part["targets"], part["probs"]).items()
+                      if k not in ("tn", "fp", "fn", "tp") or prefix == "test"})
+    tuned = binary_metrics(test["targets"], test["probs"], threshold)
+    final.update({f"test_tuned_{k}": tuned[k] for k in ("accuracy", "sensitivity", "specificity", "precision", "f1")})
+    for prefix, t in (("test", 0.5), ("test_tuned", threshold)):
+        intervals = bootstrap_ci(test["targets"], test["probs"], t, groups=test_groups, n_boot=n_boot, seed=seed)
+        for name, (low, high) in intervals.items():
+            if prefix == "test_tuned" and name == "auc":
+                continue
+            final[f"{prefix}_{name}_ci_low"], final[f"{prefix}_{name}_ci_high"] = low, high
+    return final
+
+
 def mcnemar(y, pred_a, pred_b, groups=None) -> dict[str, float]:
     """McNemar's test on the discordant images of two classifiers' correctness: exact (binomial) when every
     patient has one image, else the clustered form of Durkalski et al. (2003), which sums each patient's

@@ -121,7 +121,12 @@ class Predictor:
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """P(pneumonia) for uint8 (N, size, size) images."""
-        return self.probabilities_and_features(images)[0]
+        return self.scored(images)[0]
+
+    def scored(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """P(pneumonia) and the ood_score (see `ood_scores`) per image."""
+        probs, features = self.probabilities_and_features(images)
+        return probs, self.ood_scores(features)
 
     @torch.no_grad()
     def probabilities_and_features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -150,8 +155,7 @@ class Predictor:
         """One result per image: label, probability, confidence, threshold, model, ood_score, warning (and
         gradcam_png). `not_radiograph`: what `read` found per image."""
         threshold = self.card.threshold if threshold is None else float(threshold)
-        probs, features = self.probabilities_and_features(images)
-        scores = self.ood_scores(features)
+        probs, scores = self.scored(images)
         reasons = not_radiograph or [""] * len(probs)
         maps = self.heatmaps(images) if gradcam and len(images) else None
         results = []

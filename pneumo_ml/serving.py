@@ -169,9 +169,15 @@ class PneumoniaClassifier(mlflow.pyfunc.PythonModel):
         config = getattr(context, "model_config", None) or {}
         device = config.get("inference_device") or os.environ.get("PNEUMO_ML_DEVICE", "cpu")
         self.output = config.get("output") or "table"  # the `output` param's default (see OUTPUTS)
-        self.predictor = Predictor.from_files(context.artifacts["weights"], context.artifacts["model_card"], device)
-        self.predictor.reference = Reference.load(context.artifacts.get("ood_stats"))
-        self.predictor.card.name = registered_name(context.artifacts["weights"]) or self.predictor.card.name
+        artifacts = context.artifacts
+        if "ensemble" in artifacts:
+            from .ensemble import EnsemblePredictor
+            self.predictor = EnsemblePredictor.from_folder(artifacts["ensemble"], device)
+        else:
+            self.predictor = Predictor.from_files(artifacts["weights"], artifacts["model_card"], device)
+            self.predictor.reference = Reference.load(artifacts.get("ood_stats"))
+        self.predictor.card.name = registered_name(artifacts.get("weights") or artifacts["ensemble"]) \
+            or self.predictor.card.name
         guard_scoring_server()
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
@@ -209,10 +215,10 @@ class PneumoniaClassifier(mlflow.pyfunc.PythonModel):
         return frame["label"] if output == "label" else frame
 
 
-def registered_name(weights_path: str) -> str:
+def registered_name(artifact_path: str) -> str:
     """'name vN' when the model was loaded from the registry: MLflow writes `registered_model_meta` next to
-    the MLmodel file it downloads for a models:/ URI (alias or version)."""
-    meta = Path(weights_path).parent.parent / "registered_model_meta"
+    the MLmodel file it downloads for a models:/ URI (alias or version); artifacts sit in artifacts/."""
+    meta = Path(artifact_path).parent.parent / "registered_model_meta"
     if not meta.is_file():
         return ""
     import yaml

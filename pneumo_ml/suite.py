@@ -16,13 +16,15 @@ import yaml
 from . import comparison, config as config_mod, tracking
 from .baseline import IntensityBaseline
 from .config import Config
+from .ensemble import NAME as ENSEMBLE_NAME
+from .ensemble_run import build_ensemble
 from .errors import ConfigError
 from .metrics import roc_auc, youden_threshold
 from .promotion import Candidate, check_metric, rank_experiments
 from .train import ExperimentResult, PreparedData, prepare_data, run_experiment
 
 log = logging.getLogger(__name__)
-SUITE_KEYS = {"experiments", "seeds", "protocol", "promotion", "quick"}
+SUITE_KEYS = {"experiments", "seeds", "protocol", "promotion", "quick", "ensemble"}
 PROMOTION_KEYS = {"metric", "margin", "alias", "challenger"}
 
 
@@ -34,6 +36,7 @@ class SuiteConfig:
     promotion: dict = field(default_factory=lambda: {"metric": "val_auc", "margin": 0.0, "alias": "champion",
                                                      "challenger": "challenger"})
     quick: dict = field(default_factory=dict)  # what --quick overrides
+    ensemble: tuple[str, ...] = ()  # experiments whose models are combined into an `Ensemble` run (none: no ensemble)
 
 
 @dataclass
@@ -60,10 +63,25 @@ def load_suite(path: str | Path) -> SuiteConfig:
         raise ConfigError(f"{path}: unknown promotion key(s) {', '.join(sorted(set(promotion) - PROMOTION_KEYS))}")
     check_metric(promotion["metric"])
     suite = SuiteConfig(tuple(data["experiments"]), tuple(int(s) for s in data.get("seeds") or [42]),
-                        dict(data.get("protocol") or {}), promotion, dict(data.get("quick") or {}))
+                        dict(data.get("protocol") or {}), promotion, dict(data.get("quick") or {}),
+                        _ensemble_members(data.get("ensemble", False), tuple(data["experiments"]), path))
     for name, seed in plan(suite):  # every experiment must load: fail before any work
         experiment_config(suite, name, seed, quick=True)
     return suite
+
+
+def _ensemble_members(value, experiments: tuple[str, ...], path: Path) -> tuple[str, ...]:
+    """`ensemble: true` (every experiment), false, or a list of at least two of the suite's experiments."""
+    if value is True:
+        return experiments if len(experiments) > 1 else ()
+    if value in (False, None):
+        return ()
+    if not isinstance(value, list) or len(value) < 2:
+        raise ConfigError(f"{path}: ensemble must be true, false or a list of two or more experiments, got {value!r}")
+    if unknown := [name for name in value if name not in experiments]:
+        raise ConfigError(f"{path}: ensemble names {', '.join(map(str, unknown))}, not among the experiments "
+                          f"({', '.join(experiments)})")
+    return tuple(dict.fromkeys(value))
 
 
 def suite_of_run(run_id: str) -> tuple[SuiteConfig, bool]:
@@ -107,7 +125,8 @@ def run_suite(suite: SuiteConfig, *, quick: bool = False, progress: bool = True,
                                **{f"promotion.{k}": v for k, v in suite.promotion.items()}})
             parent.log_text(yaml.safe_dump({"experiments": list(suite.experiments), "seeds": list(suite.seeds),
                                             "protocol": suite.protocol, "promotion": suite.promotion,
-                                            "quick": suite.quick}, sort_keys=False), "suite.yaml")
+                                            "quick": suite.quick, "ensemble": list(suite.ensemble) or False},
+                                           sort_keys=False), "suite.yaml")
         previous = {run.data.tags.get("mlflow.runName"): run for run in tracking.child_runs(parent.run_id)} \
             if resume_run_id else {}
         data = None
@@ -116,7 +135,7 @@ def run_suite(suite: SuiteConfig, *, quick: bool = False, progress: bool = True,
             earlier = previous.get(cfg.name)
             if earlier is not None and earlier.info.status == "FINISHED":
                 log.info("%s finished in an earlier attempt: kept", cfg.name)
-                outcomes.append(_outcome_of_finished_run(earlier, cfg))
+                outcomes.append(_outcome_of_finished_run(earlier, experiment_name(cfg), cfg.seed))
                 continue
             if data is None:  # one split and one decoded cache for every experiment of the suite
                 data = prepare_data(cfg, progress=progress)
@@ -125,6 +144,10 @@ def run_suite(suite: SuiteConfig, *, quick: bool = False, progress: bool = True,
             if progress:
                 print(f"[{configs.index(cfg) + 1}/{len(configs)}] {cfg.name}", file=sys.stderr, flush=True)
             outcomes.append(_run_child(cfg, data, parent.run_id, resume_child, progress, timings))
+        if suite.ensemble:
+            t0 = time.perf_counter()
+            outcomes += _ensembles(suite, configs, outcomes, parent.run_id, previous)
+            timings["ensemble_s"] = time.perf_counter() - t0
         finished = [o for o in outcomes if o.status == "FINISHED"]
         result = SuiteResult(parent.run_id, outcomes, None, None, timings)
         if finished:
@@ -152,6 +175,37 @@ def run_suite(suite: SuiteConfig, *, quick: bool = False, progress: bool = True,
         parent.log_metrics({"n_finished": len(finished), "n_failed": len(outcomes) - len(finished),
                             **{f"time_{k}": v for k, v in timings.items()}})
     return result
+
+
+def _ensembles(suite: SuiteConfig, configs: list[Config], outcomes: list[comparison.Outcome], parent_run_id: str,
+               previous: dict) -> list[comparison.Outcome]:
+    """One `Ensemble` child per seed, of that seed's finished members (at least two); a failure is the
+    ensemble's alone, like any experiment's."""
+    names = {experiment_name(experiment_config(suite, key, suite.seeds[0], quick=True)) for key in suite.ensemble}
+    made = []
+    for seed in suite.seeds:
+        members = [o for o, cfg in zip(outcomes, configs)
+                   if cfg.seed == seed and o.status == "FINISHED" and experiment_name(cfg) in names]
+        name = ENSEMBLE_NAME + (_seed_suffix(seed) if len(suite.seeds) > 1 else "")
+        earlier = previous.get(name)
+        if earlier is not None and earlier.info.status == "FINISHED":
+            made.append(_outcome_of_finished_run(earlier, ENSEMBLE_NAME, seed))
+            continue
+        if len(members) < 2:
+            log.warning("%s: fewer than two members finished, no ensemble", name)
+            continue
+        uris = [f"models:/{configs[0].registered_model_name}/{o.version}" if o.version else f"runs:/{o.run_id}/model"
+                for o in members]
+        cfg = configs[0]
+        try:
+            made.append(build_ensemble(uris, name=name, parent_run_id=parent_run_id, register=cfg.register,
+                                       registered_model_name=cfg.registered_model_name, bootstrap=cfg.bootstrap,
+                                       seed=seed).outcome)
+        except Exception as e:  # noqa: BLE001 - the experiments' results stand without it
+            reason = str(e).splitlines()[0] if str(e) else e.__class__.__name__
+            log.error("%s failed: %s", name, reason)
+            made.append(comparison.Outcome(ENSEMBLE_NAME, seed, "", "FAILED", error=f"{e.__class__.__name__}: {reason}"))
+    return made
 
 
 def _run_child(cfg: Config, data, parent_run_id: str, resume_child: str | None, progress: bool,
@@ -182,7 +236,7 @@ def _outcome(result: ExperimentResult, data: PreparedData) -> comparison.Outcome
         weights_source=result.weights_source)
 
 
-def _outcome_of_finished_run(run, cfg: Config) -> comparison.Outcome:
+def _outcome_of_finished_run(run, name: str, seed: int) -> comparison.Outcome:
     """Rebuild a finished child's outcome from what it logged (the suite was interrupted after it)."""
     logger = tracking.RunLogger(run.info.run_id)
     with tempfile.TemporaryDirectory() as tmp:
@@ -192,11 +246,11 @@ def _outcome_of_finished_run(run, cfg: Config) -> comparison.Outcome:
                                                         "val_accuracy", "val_auc"])
     m = run.data.metrics
     return comparison.Outcome(
-        experiment_name(cfg), cfg.seed, run.info.run_id, "FINISHED", threshold=m.get("val_threshold", 0.5),
+        name, seed, run.info.run_id, "FINISHED", threshold=m.get("val_threshold", 0.5),
         val_targets=val["target"].to_numpy(), val_probs=val["probability"].to_numpy(),
         test_targets=test["target"].to_numpy(), test_probs=test["probability"].to_numpy(),
         history=history, best_epoch=int(m.get("best_epoch", 0)),
-        version=run.data.tags.get("pneumo_ml.registered_version"),
+        version=run.data.tags.get(tracking.REGISTERED_VERSION_TAG),
         test_groups=test["patient_id"].astype(str).to_numpy(), test_paths=test["path"].to_numpy(),
         weights_source=run.data.params.get("weights_source", ""))
 

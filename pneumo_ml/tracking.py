@@ -46,6 +46,8 @@ SERVING_REQUIREMENTS = ("torch", "torchvision", "timm", "numpy", "pandas", "pill
 
 
 INTEGRITY_TAG = "pneumo_ml.model_sha256"  # SHA-256 of the model's file manifest (integrity.MANIFEST_ARTIFACT)
+DATA_DIGEST_TAG = "pneumo_ml.data_digest"  # on a run: the digest of the split it logged as its data set
+REGISTERED_VERSION_TAG = "pneumo_ml.registered_version"  # on a run: the version its model became
 PROCESS_TAG = "pneumo_ml.process"  # 'host pid start' of the process that has the run open
 
 
@@ -187,9 +189,9 @@ class RunLogger:
         except (MlflowException, OSError) as e:
             raise TrackingError(f"run {self.run_id}: no artifact {artifact_path!r}") from e
 
-    def log_model(self, weights: Path, card: Path, example_png: bytes, ood_stats: Path | None = None) -> str:
-        """The pyfunc (models-from-code; weights as a state dict artifact; the package's code alongside, so the
-        model runs as it was trained); returns its model URI."""
+    def log_model(self, artifacts: dict[str, Path], example_png: bytes) -> str:
+        """The pyfunc (models-from-code; the package's code alongside, so the model runs as it was trained);
+        returns its model URI. `artifacts`: weights, model_card and ood_stats files, or an ensemble folder."""
         import base64
         example = pd.DataFrame({"image": [base64.b64encode(example_png).decode("ascii")]})
         with tempfile.TemporaryDirectory() as tmp:
@@ -201,8 +203,7 @@ class RunLogger:
             info = Model.log(
                 artifact_path=None, name="model", flavor=mlflow.pyfunc, run_id=self.run_id, model_id=logged.model_id,
                 python_model=str(PACKAGE_DIR / "pyfunc_model.py"),
-                artifacts={"weights": str(weights), "model_card": str(card),
-                           **({"ood_stats": str(ood_stats)} if ood_stats else {})},
+                artifacts={key: str(path) for key, path in artifacts.items() if path},
                 code_paths=[str(code)], pip_requirements=serving_requirements(),
                 # declared so load_model(model_config=...) / mlflow.models.evaluate(model_config=...) can override them
                 model_config={"inference_device": "cpu", "output": "table"},
@@ -470,6 +471,47 @@ def load_predictor(uri: str, device: str = "cpu"):
     predictor = model.unwrap_python_model().predictor
     predictor.card.name = describe_model_uri(uri) or predictor.card.name
     return predictor
+
+
+def download_model(uri: str) -> Path:
+    """A local copy of a logged model (verified against its manifest when it has one), in a temporary folder
+    removed at exit."""
+    if uri.startswith(("models:/", "runs:/")):
+        ensure_store()
+    try:
+        verified = _verified_copy(uri)
+        if verified is not None:
+            return verified
+        folder = Path(tempfile.mkdtemp(prefix="pneumo-ml-model-"))
+        atexit.register(shutil.rmtree, folder, True)
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(folder)))
+    except (MlflowException, OSError) as e:
+        raise TrackingError(f"cannot load model {uri!r}: {str(e).splitlines()[0]}") from e
+
+
+def model_source(uri: str) -> tuple[str | None, str, str | None]:
+    """(the run that logged the model a URI names, the registered name, its version; None when unregistered)."""
+    run_id = _source_run(uri)
+    name, version = MODEL_NAME, None
+    if uri.startswith("models:/"):
+        ref = uri[len("models:/"):].rstrip("/")
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            version = alias_version(name, alias)
+        elif "/" in ref:
+            name, version = ref.split("/", 1)
+            if version == "latest":
+                version = str(max(int(v.version) for v in model_versions(name)))
+    if version is None and run_id:
+        version = get_run(run_id).data.tags.get(REGISTERED_VERSION_TAG)
+    return run_id, name, version
+
+
+def version_tags(name: str, version: str) -> dict[str, str]:
+    try:
+        return dict(client().get_model_version(name, str(version)).tags)
+    except MlflowException:
+        return {}
 
 
 def _verified_copy(uri: str) -> Path | None:

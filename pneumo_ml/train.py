@@ -163,7 +163,7 @@ def build(config: Config, data: PreparedData, device: torch.device,
     counts = np.bincount(data.targets["train"], minlength=2).tolist()
     loaders = {name: BatchLoader(data.images[name], data.targets[name], config.batch_size // world.size,
                                  shuffle=name == "train", seed=config.seed, device=device, rank=world.rank,
-                                 world_size=world.size)
+                                 world_size=world.size, balanced=name == "train" and config.sampler == "balanced")
                for name in ("train", "val", "test")}
     trainable = model
     if world.active:
@@ -172,7 +172,8 @@ def build(config: Config, data: PreparedData, device: torch.device,
     return Setup(model=model, trainable=torch.compile(trainable) if config.compile else trainable,
                  optimizer=torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay),
                  loss_fn=engine.make_loss(config.loss, counts, config.focal_gamma).to(device),
-                 train_tf=BatchTransform(mean, std, augment=config.aug, channels_last=channels_last),
+                 train_tf=BatchTransform(mean, std, augment=config.aug, channels_last=channels_last,
+                                         minority=int(np.argmin(counts)) if config.sampler == "balanced" else None),
                  eval_tf=BatchTransform(mean, std, channels_last=channels_last), loaders=loaders,
                  weights_source=model.weights_source, mean=mean, std=std)
 
@@ -245,7 +246,7 @@ def _log_setup(run: tracking.RunLogger, config: Config, data: PreparedData, weig
     run.log_text(config.to_yaml(), "config.yaml")
     run.log_table(data.split.frame, "data/split.csv")
     digest = run.log_dataset(data.split.frame, name=f"split-{Path(str(config.data)).name}", source=data.split.root)
-    run.set_tags({"pneumo_ml.data_digest": digest, "pneumo_ml.weights_source": weights_source})
+    run.set_tags({tracking.DATA_DIGEST_TAG: digest, "pneumo_ml.weights_source": weights_source})
     if data.split.warnings:
         run.log_text("\n".join(data.split.warnings), "data/warnings.txt")
     if len(data.skipped):
@@ -326,62 +327,51 @@ def _evaluate_and_log(run, result: ExperimentResult, setup: Setup, config: Confi
     test = engine.evaluate(model, loaders["test"], None, eval_tf, amp=False)
     threshold = metrics.youden_threshold(val["targets"], val["probs"])
     result.val, result.test, result.threshold = val, test, threshold
-    final = {"best_epoch": float(result.best_epoch), "val_threshold": threshold}
-    for prefix, part in (("best_val", val), ("test", test)):
-        final.update({f"{prefix}_{k}": v for k, v in metrics.binary_metrics(part["targets"], part["probs"]).items()
-                      if k not in ("tn", "fp", "fn", "tp") or prefix == "test"})
-    tuned = metrics.binary_metrics(test["targets"], test["probs"], threshold)
-    patients = data.split.part("test")["patient_id"].to_numpy()
-    final.update({f"test_tuned_{k}": tuned[k] for k in ("accuracy", "sensitivity", "specificity", "precision", "f1")})
-    for prefix, t in (("test", 0.5), ("test_tuned", threshold)):
-        intervals = metrics.bootstrap_ci(test["targets"], test["probs"], t, groups=patients, n_boot=config.bootstrap,
-                                         seed=config.seed)
-        for name, (low, high) in intervals.items():
-            if prefix == "test_tuned" and name == "auc":
-                continue
-            final[f"{prefix}_{name}_ci_low"], final[f"{prefix}_{name}_ci_high"] = low, high
+    final = {"best_epoch": float(result.best_epoch),
+             **metrics.evaluation_metrics(val, test, threshold, data.split.part("test")["patient_id"].to_numpy(),
+                                          n_boot=config.bootstrap, seed=config.seed)}
     result.timings["evaluate_s"] = time.perf_counter() - start
     result.metrics = final
     if not world.is_main:  # figures, Grad-CAM and the model come from rank 0 alone
         return
     start = time.perf_counter()
-    _log_plots(run, result, config)
+    log_plots(run, config.name, result.val, result.test, result.threshold, result.history, result.best_epoch)
     result.timings["plots_s"] = time.perf_counter() - start
     start = time.perf_counter()
     final.update(_log_gradcam(run, model, eval_tf, config, data, test, threshold))
     result.timings["gradcam_s"] = time.perf_counter() - start
     run.log_metrics(final)
     for name, part in (("test", test), ("val", val)):
-        run.log_table(_predictions(data, name, part, threshold), f"predictions/{name}_predictions.csv")
+        run.log_table(prediction_table(data.split.part(name), part["probs"], threshold),
+                      f"predictions/{name}_predictions.csv")
     start = time.perf_counter()
     _log_and_register_model(run, result, setup, config, data)
     result.timings["model_logging_s"] = time.perf_counter() - start
 
 
-def _predictions(data: PreparedData, split: str, part: dict, threshold: float) -> pd.DataFrame:
+def prediction_table(frame: pd.DataFrame, probs: np.ndarray, threshold: float) -> pd.DataFrame:
     """One row per image: its file, label, P(pneumonia) and the label at 0.5 and at the validation threshold."""
-    frame = data.split.part(split)
-    probs = part["probs"]
     labels = np.array(plots.CLASS_NAMES)
     return frame.assign(probability=probs, predicted_at_0_5=labels[(probs >= 0.5).astype(int)],
                         predicted_at_val_threshold=labels[(probs >= threshold).astype(int)])
 
 
-def _log_plots(run, result: ExperimentResult, config: Config) -> None:
-    val, test, t = result.val, result.test, result.threshold
+def log_plots(run, name: str, val: dict, test: dict, t: float, history: list[dict], best_epoch: int) -> None:
+    """Confusion matrices, ROC, precision-recall, calibration and (when there was training) the curves."""
     figures = {
         "plots/confusion_matrix.png": plots.confusion_matrices(
-            test["targets"], test["probs"], {"threshold 0.5": 0.5, "validation threshold": t}, config.name),
+            test["targets"], test["probs"], {"threshold 0.5": 0.5, "validation threshold": t}, name),
         "plots/roc_curve.png": plots.roc_curve({
             "validation": (val["targets"], val["probs"], metrics.roc_auc(val["targets"], val["probs"])),
             "test": (test["targets"], test["probs"], metrics.roc_auc(test["targets"], test["probs"]))},
-            f"{config.name} ROC"),
+            f"{name} ROC"),
         "plots/pr_curve.png": plots.pr_curve({
             "test": (test["targets"], test["probs"], metrics.pr_auc(test["targets"], test["probs"]))},
-            f"{config.name} precision–recall"),
+            f"{name} precision–recall"),
         "plots/calibration.png": plots.calibration(test["targets"], test["probs"]),
-        "plots/training_curves.png": plots.training_curves(result.history, result.best_epoch, config.name),
     }
+    if history:
+        figures["plots/training_curves.png"] = plots.training_curves(history, best_epoch, name)
     for name, figure in figures.items():
         run.log_figure(figure, name)
 
@@ -430,22 +420,30 @@ def _log_and_register_model(run, result: ExperimentResult, setup: Setup, config:
         example = io.BytesIO()
         Image.fromarray(data.images["test"][0]).save(example, format="PNG")
         stats = save_reference(unwrap(model), card, data.images, Path(tmp))
-        result.model_uri = run.log_model(weights, card_path, example.getvalue(), ood_stats=stats)
+        result.model_uri = run.log_model({"weights": weights, "model_card": card_path, "ood_stats": stats},
+                                         example.getvalue())
     if config.register:
-        m = result.metrics
-        tags = {"experiment": config.name, "architecture": config.model, "run_id": run.run_id,
-                "weights_source": weights_source, "val_threshold": f"{result.threshold:.4f}"}
         best = next((r for r in result.history if r["epoch"] == result.best_epoch), {})
-        validation = {"val_auc": m.get("best_val_auc"), "val_accuracy": m.get("best_val_accuracy"),
-                      "val_loss": best.get("val_loss")}  # what promotion ranks versions by
-        tags.update({k: f"{math.nan if v is None else v:.6f}" for k, v in validation.items()})
+        tags = registry_tags(config.name, config.model, run.run_id, weights_source, result.threshold,
+                             result.metrics, best.get("val_loss"))
         tags.update(comparability_tags(data.digest, config.image_size, {k: len(v) for k, v in data.targets.items()},
                                        float(np.mean(data.targets["val"]))))
-        for key in ("test_auc", "test_accuracy", "test_tuned_accuracy", "test_sensitivity", "test_specificity"):
-            tags[key] = f"{m.get(key, math.nan):.6f}"
         version = tracking.register(result.model_uri, name=config.registered_model_name, tags=tags)
         result.version = str(version.version)
-        run.set_tags({"pneumo_ml.registered_version": result.version})
+        run.set_tags({tracking.REGISTERED_VERSION_TAG: result.version})
+
+
+def registry_tags(experiment: str, architecture: str, run_id: str, weights_source: str, threshold: float,
+                  logged: dict[str, float], val_loss: float | None) -> dict[str, str]:
+    """A version's tags: what it is, the validation figures promotion ranks it by, its test figures."""
+    tags = {"experiment": experiment, "architecture": architecture, "run_id": run_id,
+            "weights_source": weights_source, "val_threshold": f"{threshold:.4f}"}
+    validation = {"val_auc": logged.get("best_val_auc"), "val_accuracy": logged.get("best_val_accuracy"),
+                  "val_loss": val_loss}
+    tags.update({k: f"{math.nan if v is None else v:.6f}" for k, v in validation.items()})
+    for key in ("test_auc", "test_accuracy", "test_tuned_accuracy", "test_sensitivity", "test_specificity"):
+        tags[key] = f"{logged.get(key, math.nan):.6f}"
+    return tags
 
 
 def summary_table(result: ExperimentResult) -> str:

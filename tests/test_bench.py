@@ -1,5 +1,6 @@
 """`pneumo-ml bench` runs the real paths and reports consistent figures. Nothing here asserts a timing: the
 figures are shown by the benchmark, never judged by a test."""
+import dataclasses
 import json
 import math
 import os
@@ -96,8 +97,11 @@ def test_table_names_every_model_and_target(report):
     full = {**report, "models": {name: report["models"]["small_cnn"] for name in MODEL_NAMES},
             "pyfunc": {name: report["pyfunc"]["small_cnn"] for name in TARGET_PYFUNC_P50_MS},
             "suite_wall_s": 42.0, "suite_breakdown_s": {"data_s": 2.0, "train_s": 30.0, "other_s": 10.0},
-            "suite_experiments": ["a", "b", "c", "d"], "suite_finished": 4}
+            "suite_experiments": ["a", "b", "c", "d"], "suite_finished": 4,
+            "pyfunc_ensemble": {**report["pyfunc"]["small_cnn"], "members": list(TARGET_PYFUNC_P50_MS),
+                                "members_p50_sum_ms": 70.0, "target_p50_ms": 80.0}}
     table = format_table(full)
+    assert "ensemble" in table and "members' sum 70.0 + 10 ms" in table
     for name in MODEL_NAMES:
         assert name in table
     for target in (">= 90 % of model-only", ">= 0.8 x N x single-core", "p50 < 50 ms", "p50 < 150 ms",
@@ -107,6 +111,17 @@ def test_table_names_every_model_and_target(report):
     assert "training" in table and "data (split + decode)" in table
     own = format_table(report)
     assert "small_cnn" in own and "p50 < 50 ms" in own and ">= 90 % of model-only" in own
+
+
+def test_the_ensemble_pyfunc_is_timed_like_its_members(one_thread, tmp_path):
+    from pneumo_ml import bench
+    sizes = dataclasses.replace(bench.sizes_for(True, torch.device("cpu")), pyfunc_calls=5)
+    jpeg = bench.xray_jpeg(256)
+    with bench._isolated_tracking(tmp_path):
+        single = bench.bench_pyfunc("small_cnn", jpeg, tmp_path / "pyfunc-small_cnn", sizes)
+        both = bench.bench_ensemble_pyfunc(["small_cnn", "small_cnn"], jpeg, tmp_path, sizes)
+    assert both["members"] == ["small_cnn", "small_cnn"] and both["calls"] == single["calls"]
+    assert positive(both["p50_ms"]) and both["p50_ms"] <= both["p95_ms"] and positive(both["batch32_img_per_s"])
 
 
 def test_unknown_model_is_a_clear_error():

@@ -11,22 +11,12 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY
+from conftest import TINY, cli_args
 from pneumo_ml import config, tracking
 from pneumo_ml.train import run_experiment
 
-SLOW = dict(TINY, epochs=6, image_size=48, n_train=48, batch_size=8)
+SLOW = dict(TINY, epochs=4, image_size=32, n_train=24, batch_size=8)
 PAUSE_SCRIPT = Path(__file__).resolve().parent / "pause_at_epoch.py"
-
-
-def cli_args(values: dict) -> list[str]:
-    args = []
-    for key, value in values.items():
-        if key in ("bootstrap", "gradcam_images", "workers"):
-            args += ["--set", f"{key}={value}"]
-        else:
-            args += [f"--{key.replace('_', '-')}", str(value)]
-    return args
 
 
 @pytest.fixture(autouse=True)
@@ -124,7 +114,7 @@ def test_nan_loss_fails_the_run_and_registers_nothing():
 def test_interrupted_suite_keeps_finished_children_and_resumes_the_killed_one(tmp_path):
     (tmp_path / "experiments").mkdir()
     (tmp_path / "experiments" / "slow.yaml").write_text("# a longer run to interrupt\nname: Slow\nmodel: small_cnn\n"
-                                                         "pretrained: 'false'\nepochs: 8\n")
+                                                         "pretrained: 'false'\nepochs: 5\n")
     protocol = {k: v for k, v in SLOW.items() if k != "epochs"}
     (tmp_path / "suite.yaml").write_text(yaml.safe_dump({"experiments": ["small_cnn", "slow"], "protocol": protocol}))
     held = tmp_path / "held"
@@ -147,6 +137,6 @@ def test_interrupted_suite_keeps_finished_children_and_resumes_the_killed_one(tm
     assert len(children) == 2 and children["SmallCNN"].info.run_id == first_small
     assert children["Slow"].info.run_id == slow_id and children["Slow"].info.status == "FINISHED"
     steps = sorted({m.step for m in client.get_metric_history(slow_id, "val_loss")})
-    assert steps == list(range(1, 9))
+    assert steps == list(range(1, 6))
     assert client.get_run(parent_id).info.status == "FINISHED"
     assert "comparison/report.html" in {a.path for a in client.list_artifacts(parent_id, "comparison")}

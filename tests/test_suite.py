@@ -18,21 +18,21 @@ COMPARISON = ["comparison/results.md", "comparison/results.csv", "comparison/met
               "comparison/roc_overlay.png", "comparison/dashboard.png", "comparison/report.html"]
 
 
-def suite_file(tmp_path, experiments, seeds=(7,), protocol=None, **promotion):
+def suite_file(tmp_path, experiments, seeds=(7,), protocol=None, ensemble=False, **promotion):
     path = tmp_path / "suite.yaml"
-    path.write_text(yaml.safe_dump({"experiments": experiments, "seeds": list(seeds),
+    path.write_text(yaml.safe_dump({"experiments": experiments, "seeds": list(seeds), "ensemble": ensemble,
                                     "protocol": {**PROTOCOL, "pretrained": "false", **(protocol or {})},
                                     "promotion": {"metric": "val_auc", "margin": 0.0, **promotion}}))
     return path
 
 
-def test_quick_suite_gives_four_children_comparison_and_aliases(tmp_path):
-    result = run_suite(load_suite(suite_file(tmp_path, ["small_cnn", "resnet50_aug", "resnet50_noaug", "vit_tiny"])),
-                       progress=False)
+def test_quick_suite_gives_four_children_an_ensemble_comparison_and_aliases(tmp_path):
+    result = run_suite(load_suite(suite_file(tmp_path, ["small_cnn", "resnet50_aug", "resnet50_noaug", "vit_tiny"],
+                                             ensemble=True)), progress=False)
     client = MlflowClient()
     children = tracking.child_runs(result.run_id)
     assert sorted(r.data.tags["mlflow.runName"] for r in children) == \
-        ["ResNet50_Aug", "ResNet50_NoAug", "SmallCNN", "ViT_Tiny"]
+        ["Ensemble", "ResNet50_Aug", "ResNet50_NoAug", "SmallCNN", "ViT_Tiny"]
     assert all(r.info.status == "FINISHED" for r in children)
     split_digests = {r.data.tags["pneumo_ml.data_digest"] for r in children}
     assert len(split_digests) == 1  # one split for all
@@ -41,18 +41,30 @@ def test_quick_suite_gives_four_children_comparison_and_aliases(tmp_path):
     html = open(client.download_artifacts(result.run_id, "comparison/report.html")).read()
     assert "Research use, not for diagnosis" in html and "data:image/png;base64," in html and "http" not in html
     versions = tracking.model_versions("pneumonia-classifier")
-    assert len(versions) == 4 and {v.tags["experiment"] for v in versions} == \
-        {"SmallCNN", "ResNet50_Aug", "ResNet50_NoAug", "ViT_Tiny"}
+    assert len(versions) == 5 and {v.tags["experiment"] for v in versions} == \
+        {"SmallCNN", "ResNet50_Aug", "ResNet50_NoAug", "ViT_Tiny", "Ensemble"}
+    ensemble = next(v for v in versions if v.tags["experiment"] == "Ensemble")
+    members = {str(v.version) for v in versions if v.tags["experiment"] != "Ensemble"}
+    assert set(ensemble.tags["ensemble_members"].split(",")) == members
+    ensemble_run = next(r for r in children if r.data.tags["mlflow.runName"] == "Ensemble")
+    assert ensemble_run.data.params["model"] == "ensemble" and "test_auc" in ensemble_run.data.metrics
     aliases = tracking.model_aliases("pneumonia-classifier")
     best = max(versions, key=lambda v: (float(v.tags["val_auc"]), -float(v.tags["val_loss"]), -int(v.version)))
     assert aliases["champion"] == str(best.version)
     assert "challenger" in aliases and aliases["challenger"] != aliases["champion"]
     champion = client.get_model_version("pneumonia-classifier", aliases["champion"])
     assert champion.tags["promotion.decision"] == "promoted to @champion" and champion.tags["promotion.reason"]
-    assert client.get_run(result.run_id).data.metrics["n_finished"] == 4
+    assert client.get_run(result.run_id).data.metrics["n_finished"] == 5
     table = pd.read_csv(client.download_artifacts(result.run_id, "comparison/results.csv"))
-    assert "IntensityBaseline" in set(table.experiment) and "weights_source" in table.columns
-    assert set(table.set_index("experiment").weights_source.drop("IntensityBaseline")) == {"random"}
+    assert {"IntensityBaseline", "Ensemble"} <= set(table.experiment) and "weights_source" in table.columns
+    assert set(table.set_index("experiment").weights_source.drop(["IntensityBaseline", "Ensemble"])) == {"random"}
+    # the ensemble's test probabilities are its members' mean, read back from what they logged
+    logged = {r.data.tags["mlflow.runName"]: pd.read_csv(client.download_artifacts(
+        r.info.run_id, "predictions/test_predictions.csv")) for r in children}
+    mean = np.mean([logged[n].probability for n in ("SmallCNN", "ResNet50_Aug", "ResNet50_NoAug", "ViT_Tiny")], 0)
+    np.testing.assert_allclose(logged["Ensemble"].probability, mean, rtol=1e-6)
+    auc = table.set_index("experiment").loc["Ensemble", "auc"]
+    assert auc == pytest.approx(ensemble_run.data.metrics["test_auc"])
     assert len({v.tags[SPLIT_DIGEST_TAG] for v in versions}) == 1  # one split: every version comparable
 
 
