@@ -69,7 +69,7 @@ def explain_files(model_uri: str, paths, out: Path, *, device: str = "cpu",
         for path, image, heat, result in zip(batch_paths, stack, predictor.heatmaps(stack), results):
             target = _free_name(out / f"{path.stem}_gradcam.png")
             save_overlay(target, image, heat, title=f"{path.name}: {result['label']} "
-                                                    f"p={result['probability']:.2f} (threshold {result['threshold']:.2f})"
+                                                    f"p={result['probability']:.3f} (threshold {result['threshold']:.3f})"
                                                     + (f"\n{fill(result['warning'], 70)}" if result["warning"] else ""))
             written.append(target)
             warnings += [f"{path}: {result['warning']}"] if result["warning"] else []

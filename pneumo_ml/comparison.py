@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 from .baseline import IntensityBaseline
 from .metrics import bootstrap_ci, binary_metrics, delong_test, holm, mcnemar, paired_bootstrap_auc, roc_auc
-from .plots import draw_confusion, draw_curves, draw_roc
+from .plots import FIGURE_DPI, draw_confusion, draw_curves, draw_roc
 
 RESEARCH_NOTE = "Research use, not for diagnosis."
 ALPHA = 0.05
@@ -242,6 +242,7 @@ def write(comparison: Comparison, folder: Path) -> list[Path]:
     comparison.tests.to_csv(folder / "tests.csv", index=False)
     for name, fig in comparison.figures.items():
         (folder / name).write_bytes(_png(fig))
+        fig.savefig(folder / Path(name).with_suffix(".svg"), format="svg", metadata={"Date": None})
     (folder / "report.html").write_text(comparison.html, encoding="utf-8")
     return [folder / name for name in FILES]
 
@@ -249,7 +250,7 @@ def write(comparison: Comparison, folder: Path) -> list[Path]:
 # --- figures -------------------------------------------------------------------------------------------------
 
 def _figure(width: float, height: float) -> Figure:
-    return Figure(figsize=(width, height), dpi=110, layout="constrained")
+    return Figure(figsize=(width, height), dpi=FIGURE_DPI, layout="constrained")
 
 
 def _png(fig: Figure) -> bytes:
@@ -310,7 +311,7 @@ def dashboard(table: pd.DataFrame, first: dict[str, Outcome], roc_title: str = "
     for i, (name, o) in enumerate(first.items()):
         r, c = divmod(i, per_row)
         ax_cm, ax_loss, ax_acc = (fig.add_subplot(grid[r, 3 * c + k]) for k in range(3))
-        draw_confusion(ax_cm, o.test_targets, o.test_probs, o.threshold, f"{name} @ {o.threshold:.2f} (test)")
+        draw_confusion(ax_cm, o.test_targets, o.test_probs, o.threshold, f"{name} @ {o.threshold:.3f} (test)")
         if o.history:
             draw_curves(ax_loss, ax_acc, o.history, o.best_epoch)
             ax_loss.set_title(f"{name}: loss", fontsize=10)

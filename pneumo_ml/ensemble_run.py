@@ -21,8 +21,8 @@ from . import metrics, tracking
 from .comparison import Outcome
 from .ensemble import ARCHITECTURE, CARD_FILE, NAME, EnsembleCard, EnsembleError, mean_probabilities, write_folder
 from .io import ImageReadError, read_xray
-from .promotion import COMPARABILITY_TAGS, IMAGE_SIZE_TAG
-from .train import log_plots, prediction_table, registry_tags
+from .promotion import COMPARABILITY_TAGS, IMAGE_SIZE_TAG, SPLIT_SIZES_TAG
+from .train import log_plots, prediction_table, registry_tags, version_description
 
 MEMBERS_TAG = "ensemble_members"  # on the ensemble's version: its members' versions, comma-separated
 
@@ -38,6 +38,7 @@ class Member:
     files: Path  # its model's artifacts: weights, card, training-feature statistics
     tags: dict  # its version's tags ({} when it is not registered)
     data_digest: str  # its run's DATA_DIGEST_TAG: the split it was trained and evaluated on
+    data_source: str  # its run's `data` param
 
 
 @dataclass
@@ -60,9 +61,10 @@ def load_member(uri: str, tmp: Path) -> Member:
     files = tracking.download_model(uri) / "artifacts"
     if (files / "ensemble" / CARD_FILE).exists():
         raise EnsembleError(f"{uri} is itself an ensemble: name its members instead")
+    run = tracking.get_run(run_id).data
     return Member(uri, tracking.describe_model_uri(uri), run_id, version, val, test, files,
                   tracking.version_tags(registered, version) if version else {},
-                  tracking.get_run(run_id).data.tags.get(tracking.DATA_DIGEST_TAG, ""))
+                  run.tags.get(tracking.DATA_DIGEST_TAG, ""), run.params.get("data", "unknown"))
 
 
 def check_same_split(members: list[Member]) -> None:
@@ -112,7 +114,7 @@ def build_ensemble(uris: list[str], *, name: str = NAME, parent_run_id: str | No
                             "combination": "mean probability", "bootstrap": bootstrap, "seed": seed,
                             "weights_source": weights_source})
             run.log_metrics({**final, "val_loss": val_loss})
-            log_plots(run, name, val, test, threshold, [], 0)
+            log_plots(run, name, val, test, threshold, [], 0, (final["test_auc_ci_low"], final["test_auc_ci_high"]))
             for part, frame, probs in (("val", first.val, val["probs"]), ("test", first.test, test["probs"])):
                 run.log_table(prediction_table(frame, probs, threshold), f"predictions/{part}_predictions.csv")
             card = EnsembleCard([m.name for m in members], threshold, "validation set, Youden's J",
@@ -125,7 +127,12 @@ def build_ensemble(uris: list[str], *, name: str = NAME, parent_run_id: str | No
                 tags = registry_tags(name, ARCHITECTURE, run.run_id, weights_source, threshold, final, val_loss)
                 tags.update(_comparability(members, card.image_size))
                 tags[MEMBERS_TAG] = ",".join(m.version or m.run_id for m in members)
-                version = str(tracking.register(model_uri, name=registered_model_name, tags=tags).version)
+                description = version_description(
+                    f"{name}: the mean probability of {', '.join(m.name for m in members)}", first.data_source,
+                    first.tags.get(SPLIT_SIZES_TAG) or f"?/{len(first.val)}/{len(first.test)}", weights_source,
+                    threshold, final)
+                version = str(tracking.register(model_uri, name=registered_model_name, tags=tags,
+                                                description=description).version)
                 run.set_tags({tracking.REGISTERED_VERSION_TAG: version})
     outcome = Outcome(name, seed, run.run_id, "FINISHED", threshold=threshold, val_targets=val["targets"],
                       val_probs=val["probs"], test_targets=test["targets"], test_probs=test["probs"], version=version,

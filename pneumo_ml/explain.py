@@ -24,6 +24,7 @@ from scipy.ndimage import binary_dilation
 from torch import nn
 
 from .models import gradcam_layer, unwrap
+from .plots import FIGURE_DPI
 from .transforms import BatchTransform
 
 COLORBAR_LABEL = "Grad-CAM (P(pneumonia) evidence)"
@@ -199,7 +200,7 @@ def gradcam_grid(images: Sequence, heatmaps: Sequence, titles: Sequence[str], *,
         raise ValueError("gradcam_grid needs as many (>= 1) images, heatmaps and titles")
     cols = max(1, min(columns, len(images)))
     rows = math.ceil(len(images) / cols)
-    fig = Figure(figsize=(3.4 * cols + 1.0, 3.5 * rows + 0.4), dpi=100, layout="constrained")
+    fig = Figure(figsize=(3.4 * cols + 1.0, 3.5 * rows + 0.4), dpi=FIGURE_DPI, layout="constrained")
     axes = []
     for i, (image, heat, title) in enumerate(zip(images, heatmaps, titles)):
         ax = fig.add_subplot(rows, cols, i + 1)

@@ -9,12 +9,12 @@ from sklearn.metrics import roc_curve as sk_roc_curve
 
 from .metrics import confusion
 
-NOTICE = "research use, not for diagnosis"
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")
+FIGURE_DPI = 200  # every logged figure; tracking.RunLogger.log_figure writes an SVG beside each PNG
 
 
 def _figure(width: float = 5.0, height: float = 4.2) -> Figure:
-    return Figure(figsize=(width, height), dpi=110, layout="constrained")
+    return Figure(figsize=(width, height), dpi=FIGURE_DPI, layout="constrained")
 
 
 def draw_confusion(ax, y, p, threshold: float, title: str) -> None:
@@ -36,7 +36,7 @@ def confusion_matrices(y, p, thresholds: dict[str, float], title: str = "") -> F
     fig = _figure(4.2 * len(thresholds), 4.0)
     axes = fig.subplots(1, len(thresholds), squeeze=False)[0]
     for ax, (name, t) in zip(axes, thresholds.items()):
-        draw_confusion(ax, y, p, t, f"{name} (threshold {t:.2f})")
+        draw_confusion(ax, y, p, t, f"{name} {t:.3f}")
     fig.suptitle(f"{title} — test set".strip(" —"))
     return fig
 
@@ -46,10 +46,21 @@ def roc_points(y, p) -> tuple[np.ndarray, np.ndarray]:
     return fpr, tpr
 
 
-def draw_roc(ax, curves: dict[str, tuple], title: str = "ROC") -> None:
+def draw_roc(ax, curves: dict[str, tuple], title: str = "ROC", *, intervals: dict[str, tuple] | None = None,
+             operating: dict[str, float] | None = None) -> None:
+    """curves: label -> (y, p, auc); intervals: label -> the AUC's (low, high); operating: label -> the threshold
+    whose (1 - specificity, sensitivity) is marked."""
     for label, (y, p, auc) in curves.items():
         fpr, tpr = roc_points(y, p)
-        ax.plot(fpr, tpr, lw=2, label=f"{label} (AUC {auc:.3f})")
+        interval = (intervals or {}).get(label)
+        ci = f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""
+        line, = ax.plot(fpr, tpr, lw=2, label=f"{label} (AUC {auc:.3f}{ci})")
+        if label in (operating or {}):
+            t = operating[label]
+            c = confusion(y, p, t)
+            x = c["fp"] / max(c["fp"] + c["tn"], 1)
+            ax.plot([x], [c["tp"] / max(c["tp"] + c["fn"], 1)], "o", ms=8, mfc="white", c=line.get_color(),
+                    label=f"{label} at threshold {t:.3f}")
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
     ax.set_xlabel("1 − specificity (false positive rate)")
     ax.set_ylabel("sensitivity (true positive rate)")
@@ -59,10 +70,10 @@ def draw_roc(ax, curves: dict[str, tuple], title: str = "ROC") -> None:
     ax.set_title(title, fontsize=10)
 
 
-def roc_curve(curves: dict[str, tuple], title: str = "ROC") -> Figure:
-    """curves: label -> (y, p, auc)."""
+def roc_curve(curves: dict[str, tuple], title: str = "ROC", **marks) -> Figure:
+    """curves: label -> (y, p, auc); marks: `intervals`, `operating` (see draw_roc)."""
     fig = _figure()
-    draw_roc(fig.subplots(), curves, title)
+    draw_roc(fig.subplots(), curves, title, **marks)
     return fig
 
 
@@ -72,12 +83,15 @@ def pr_curve(curves: dict[str, tuple], title: str = "Precision–recall") -> Fig
     ax = fig.subplots()
     for label, (y, p, ap) in curves.items():
         precision, recall, _ = precision_recall_curve(np.asarray(y, dtype=int), np.asarray(p, dtype=np.float64))
-        ax.step(recall, precision, where="post", lw=2, label=f"{label} (AP {ap:.3f})")
+        line, = ax.step(recall, precision, where="post", lw=2, label=f"{label} (AP {ap:.3f})")
+        prevalence = float(np.mean(np.asarray(y, dtype=int)))
+        ax.axhline(prevalence, ls="--", lw=1, c=line.get_color(), alpha=0.6,
+                   label=f"no skill: prevalence {prevalence:.3f}")
     ax.set_xlabel("recall (sensitivity)")
     ax.set_ylabel("precision")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     ax.set_title(title, fontsize=10)
     return fig
 
@@ -92,12 +106,15 @@ def calibration(y, p, bins: int = 10, title: str = "Calibration (test)") -> Figu
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfect")
     ax.plot(centres, observed, "o-", lw=2, label="model")
-    for x, yv, n in zip(centres, observed, counts):
-        ax.annotate(str(n), (x, yv), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    for k, (x, yv, n) in enumerate(zip(centres, observed, counts)):
+        # above and below in turn, so neighbours never overlap; always inside the axes
+        above = yv < 0.15 or (yv <= 0.85 and k % 2 == 1)
+        ax.annotate(f"n={n}", (x, yv), textcoords="offset points", xytext=(0, 8 if above else -13), ha="center",
+                    fontsize=7)
     ax.set_xlabel("predicted P(pneumonia)")
     ax.set_ylabel("observed share with pneumonia")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.04, 1.04)
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
     return fig

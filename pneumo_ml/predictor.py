@@ -166,7 +166,7 @@ class Predictor:
                    "model": self.card.name, "ood_score": float(scores[i]), "warning": warning(reasons[i], scores[i])}
             if maps is not None:
                 from .explain import overlay_png
-                png = overlay_png(images[i], maps[i], title=f"{row['label']}  p={p:.2f}")
+                png = overlay_png(images[i], maps[i], title=f"{row['label']}  p={p:.3f} (threshold {threshold:.3f})")
                 row["gradcam_png"] = base64.b64encode(png).decode("ascii")
             results.append(row)
         return results

@@ -46,6 +46,7 @@ class SuiteResult:
     comparison: comparison.Comparison | None
     decision: object | None
     timings: dict[str, float]
+    aliases_moved: dict[str, tuple[str | None, str]] = field(default_factory=dict)  # alias -> (before, after)
 
 
 def load_suite(path: str | Path) -> SuiteConfig:
@@ -164,6 +165,7 @@ def run_suite(suite: SuiteConfig, *, quick: bool = False, progress: bool = True,
             timings["comparison_s"] = time.perf_counter() - t0
         if any(o.version for o in finished):
             p = suite.promotion
+            before = tracking.model_aliases(configs[0].registered_model_name)
             # The suite's own versions compete, ranked by experiment: the best version of the experiment
             # with the best mean over seeds (promotion.decide), against a comparable champion.
             result.decision = tracking.promote(configs[0].registered_model_name, metric=p["metric"],
@@ -171,6 +173,8 @@ def run_suite(suite: SuiteConfig, *, quick: bool = False, progress: bool = True,
                                                challenger=p.get("challenger"),
                                                experiments={o.version: o.name for o in finished if o.version})
             parent.set_tags({"promotion.decision": result.decision.reason[:5000]})
+            after = tracking.model_aliases(configs[0].registered_model_name)
+            result.aliases_moved = {a: (before.get(a), v) for a, v in sorted(after.items()) if before.get(a) != v}
         timings["suite_wall_s"] = time.perf_counter() - start
         parent.log_metrics({"n_finished": len(finished), "n_failed": len(outcomes) - len(finished),
                             **{f"time_{k}": v for k, v in timings.items()}})
@@ -297,6 +301,12 @@ def summary(result: SuiteResult) -> str:
             lines.append(f"FAILED {o.name}: {o.error}")
     if result.decision is not None:
         lines.append(f"promotion: {result.decision.reason}")
+    moved = [f"@{alias} -> v{new} (was {f'v{old}' if old else 'unset'})"
+             for alias, (old, new) in result.aliases_moved.items()]
+    lines.append(f"aliases moved: {', '.join(moved) if moved else 'none'}")
     lines.append(f"wall time {result.timings.get('suite_wall_s', math.nan):.1f} s")
+    if result.comparison is not None:
+        lines.append(f"report: {tracking.artifact_location(result.run_id, 'comparison/report.html')}")
+    lines.append(f"look at it: {tracking.ui_hint()}")
     return "\n".join(lines)
 

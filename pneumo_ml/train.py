@@ -335,7 +335,8 @@ def _evaluate_and_log(run, result: ExperimentResult, setup: Setup, config: Confi
     if not world.is_main:  # figures, Grad-CAM and the model come from rank 0 alone
         return
     start = time.perf_counter()
-    log_plots(run, config.name, result.val, result.test, result.threshold, result.history, result.best_epoch)
+    log_plots(run, config.name, result.val, result.test, result.threshold, result.history, result.best_epoch,
+              (final["test_auc_ci_low"], final["test_auc_ci_high"]))
     result.timings["plots_s"] = time.perf_counter() - start
     start = time.perf_counter()
     final.update(_log_gradcam(run, model, eval_tf, config, data, test, threshold))
@@ -356,15 +357,17 @@ def prediction_table(frame: pd.DataFrame, probs: np.ndarray, threshold: float) -
                         predicted_at_val_threshold=labels[(probs >= threshold).astype(int)])
 
 
-def log_plots(run, name: str, val: dict, test: dict, t: float, history: list[dict], best_epoch: int) -> None:
-    """Confusion matrices, ROC, precision-recall, calibration and (when there was training) the curves."""
+def log_plots(run, name: str, val: dict, test: dict, t: float, history: list[dict], best_epoch: int,
+              auc_interval: tuple[float, float] | None = None) -> None:
+    """Confusion matrices, ROC (the operating point at the validation threshold `t`, the test AUC's interval),
+    precision-recall, calibration and (when there was training) the curves."""
     figures = {
         "plots/confusion_matrix.png": plots.confusion_matrices(
-            test["targets"], test["probs"], {"threshold 0.5": 0.5, "validation threshold": t}, name),
+            test["targets"], test["probs"], {"threshold": 0.5, "validation threshold": t}, name),
         "plots/roc_curve.png": plots.roc_curve({
             "validation": (val["targets"], val["probs"], metrics.roc_auc(val["targets"], val["probs"])),
             "test": (test["targets"], test["probs"], metrics.roc_auc(test["targets"], test["probs"]))},
-            f"{name} ROC"),
+            f"{name} ROC", operating={"test": t}, intervals={"test": auc_interval} if auc_interval else None),
         "plots/pr_curve.png": plots.pr_curve({
             "test": (test["targets"], test["probs"], metrics.pr_auc(test["targets"], test["probs"]))},
             f"{name} precision–recall"),
@@ -392,13 +395,13 @@ def _log_gradcam(run, model, eval_tf, config: Config, data: PreparedData, test: 
     maps = dict(zip(wanted, explain.gradcam(unwrap(model), config.model, images[wanted], eval_tf, target=1)))
     index = [i for i, _ in picks]
     titles = [f"{kind}  true {plots.CLASS_NAMES[test['targets'][i]]}\n"
-              f"pred {plots.CLASS_NAMES[int(test['probs'][i] >= threshold)]}  p={test['probs'][i]:.2f}"
+              f"pred {plots.CLASS_NAMES[int(test['probs'][i] >= threshold)]}  p={test['probs'][i]:.3f}"
               for i, kind in picks]
     run.log_figure(explain.gradcam_grid(images[index], [maps[i] for i in index], titles), "plots/gradcam.png")
     with tempfile.TemporaryDirectory() as tmp:
         for i, kind in picks:
             explain.save_overlay(Path(tmp) / f"{kind}_{Path(part['path'].iloc[i]).stem}.png", images[i], maps[i],
-                                 title=f"{kind} p={test['probs'][i]:.2f}")
+                                 title=f"{kind} p={test['probs'][i]:.3f} (threshold {threshold:.3f})")
         run.log_dir(tmp, "gradcam")
     if not masked:
         return {}
@@ -428,7 +431,12 @@ def _log_and_register_model(run, result: ExperimentResult, setup: Setup, config:
                              result.metrics, best.get("val_loss"))
         tags.update(comparability_tags(data.digest, config.image_size, {k: len(v) for k, v in data.targets.items()},
                                        float(np.mean(data.targets["val"]))))
-        version = tracking.register(result.model_uri, name=config.registered_model_name, tags=tags)
+        description = version_description(f"{config.name} ({config.model}, {config.image_size} px, {config.epochs} "
+                                          f"epochs, seed {config.seed})", str(config.data),
+                                          "/".join(str(len(data.targets[k])) for k in ("train", "val", "test")),
+                                          weights_source, result.threshold, result.metrics)
+        version = tracking.register(result.model_uri, name=config.registered_model_name, tags=tags,
+                                    description=description)
         result.version = str(version.version)
         run.set_tags({tracking.REGISTERED_VERSION_TAG: result.version})
 
@@ -444,6 +452,21 @@ def registry_tags(experiment: str, architecture: str, run_id: str, weights_sourc
     for key in ("test_auc", "test_accuracy", "test_tuned_accuracy", "test_sensitivity", "test_specificity"):
         tags[key] = f"{logged.get(key, math.nan):.6f}"
     return tags
+
+
+def version_description(what: str, data: str, sizes: str, weights_source: str, threshold: float,
+                        logged: dict[str, float]) -> str:
+    """A registered version's description: what it is, its data ('train/val/test' sizes) and weights, its
+    headline test figures."""
+
+    def figure(key: str) -> str:
+        return f"{logged[key]:.3f} [{logged[f'{key}_ci_low']:.3f}, {logged[f'{key}_ci_high']:.3f}]"
+
+    return (f"{what}. Data: {data}, {sizes} train/val/test images. Weights: {weights_source}. Test AUC "
+            f"{figure('test_auc')}; at the validation threshold {threshold:.3f}: accuracy "
+            f"{figure('test_tuned_accuracy')}, sensitivity {figure('test_tuned_sensitivity')}, specificity "
+            f"{figure('test_tuned_specificity')} (patient-level 95 % bootstrap intervals). Research use, not for "
+            f"diagnosis.")
 
 
 def summary_table(result: ExperimentResult) -> str:

@@ -1,6 +1,7 @@
 """The suite on the real (shrunk) configuration: four children under one parent, the comparison, the aliases."""
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from conftest import TINY
 from pneumo_ml import tracking
 from pneumo_ml.promotion import SPLIT_DIGEST_TAG
-from pneumo_ml.suite import load_suite, run_suite
+from pneumo_ml.suite import load_suite, run_suite, summary
 
 PROTOCOL = {k: v for k, v in TINY.items()}
 COMPARISON = ["comparison/results.md", "comparison/results.csv", "comparison/metrics_bar.png",
@@ -65,6 +66,13 @@ def test_quick_suite_gives_four_children_an_ensemble_comparison_and_aliases(tmp_
     np.testing.assert_allclose(logged["Ensemble"].probability, mean, rtol=1e-6)
     auc = table.set_index("experiment").loc["Ensemble", "auc"]
     assert auc == pytest.approx(ensemble_run.data.metrics["test_auc"])
+    # the command line ends with the page, the aliases it moved and how to look at it
+    text = summary(result)
+    assert f"@champion -> v{aliases['champion']} (was unset)" in text
+    assert f"@challenger -> v{aliases['challenger']} (was unset)" in text
+    page = re.search(r"^report: (.+)$", text, re.M).group(1)
+    assert Path(page).is_file() and "Research use, not for diagnosis" in Path(page).read_text()
+    assert "mlflow ui --backend-store-uri sqlite:///" in text
     assert len({v.tags[SPLIT_DIGEST_TAG] for v in versions}) == 1  # one split: every version comparable
 
 

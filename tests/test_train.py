@@ -50,6 +50,10 @@ def test_one_run_logs_what_the_contract_lists(tiny_config, model):
     files = artifact_paths(client, result.run_id)
     for name in ARTIFACTS:
         assert name in files, name
+        if name.startswith("plots/"):
+            assert name.replace(".png", ".svg") in files, name  # a vector copy beside every plot
+            with Image.open(client.download_artifacts(result.run_id, name)) as png:
+                assert round(png.info["dpi"][0]) == 200, name
     assert any(f.startswith("gradcam/") and f.endswith(".png") for f in files)
     split = pd.read_csv(client.download_artifacts(result.run_id, "data/split.csv"))
     assert split.groupby("split").size().to_dict() == {"test": 12, "train": 16, "val": 8}
@@ -61,6 +65,12 @@ def test_one_run_logs_what_the_contract_lists(tiny_config, model):
         version = client.get_model_version("pneumonia-classifier", result.version)
         assert version.tags["run_id"] == result.run_id and version.tags["experiment"] == f"tiny-{model}"
         assert float(version.tags["val_auc"]) == pytest.approx(run.data.metrics["best_val_auc"], abs=1e-6)
+        m = run.data.metrics
+        assert f"Test AUC {m['test_auc']:.3f} [{m['test_auc_ci_low']:.3f}, {m['test_auc_ci_high']:.3f}]" in \
+            version.description and "weights: random" in version.description.lower()
+        assert "research use, not for diagnosis" in version.description.lower()
+        described = client.get_registered_model("pneumonia-classifier").description
+        assert "NORMAL vs PNEUMONIA" in described and "@champion" in described and "not for diagnosis" in described
 
 
 def test_registered_pyfunc_reloads_and_matches_the_in_process_model(trained_model, monkeypatch):
