@@ -197,8 +197,10 @@ def _signed(diffs: np.ndarray) -> str:
     return ", ".join(f"{d:+.3f}" for d in diffs)
 
 
-def compare(outcomes: list[Outcome], *, reference: str, bootstrap: int = 1000, seed: int = 0) -> Comparison:
-    """Tabulate, test and plot the suite's outcomes; `reference` is the validation winner, chosen by the caller."""
+def compare(outcomes: list[Outcome], *, reference: str, bootstrap: int = 1000, seed: int = 0,
+            context: list[tuple[str, str]] | None = None) -> Comparison:
+    """Tabulate, test and plot the suite's outcomes; `reference` is the experiment with the best validation figure.
+    `context`: (what, value) rows of what was run, the page's opening table."""
     names = list(dict.fromkeys(o.name for o in outcomes))
     runs = {n: sorted((o for o in outcomes if o.name == n and _usable(o)), key=lambda o: o.seed) for n in names}
     failed = [o for o in outcomes if not _usable(o)]
@@ -228,6 +230,8 @@ def compare(outcomes: list[Outcome], *, reference: str, bootstrap: int = 1000, s
     figures = {"metrics_bar.png": metrics_bar(table), "roc_overlay.png": roc_overlay(first, roc_title),
                "dashboard.png": dashboard(table, first, roc_title)}
     sections = _sections(table, tests, reference, runs, failed, notes, bootstrap, verdicts)
+    if context:
+        sections.insert(1, ("What was run", [[f"{what}: {value}" for what, value in context]]))
     title = "pneumo-ml comparison: NORMAL vs PNEUMONIA"
     return Comparison(table=table, tests=tests, reference=reference, failed=failed, figures=figures,
                       markdown=_markdown(title, sections), html=_html(title, sections, figures))

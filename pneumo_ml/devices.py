@@ -6,6 +6,14 @@ import torch
 from .errors import DeviceError
 
 
+def describe() -> str:
+    """The machine in words: its CPU cores, and its GPU when there is one."""
+    import os
+    import platform
+    cpu = f"{platform.machine()}, {os.cpu_count()} CPU cores"
+    return f"{cpu}, GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else f"{cpu}, no GPU"
+
+
 def resolve_device(requested: str = "auto") -> torch.device:
     """auto: CUDA when present; cuda: CUDA or a clear error."""
     requested = (requested or "auto").lower()

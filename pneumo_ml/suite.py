@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from . import comparison, config as config_mod, tracking
+from . import comparison, config as config_mod, devices, tracking
 from .baseline import IntensityBaseline
 from .config import Config
 from .ensemble import NAME as ENSEMBLE_NAME
@@ -151,18 +151,6 @@ def run_suite(suite: SuiteConfig, *, quick: bool = False, progress: bool = True,
             timings["ensemble_s"] = time.perf_counter() - t0
         finished = [o for o in outcomes if o.status == "FINISHED"]
         result = SuiteResult(parent.run_id, outcomes, None, None, timings)
-        if finished:
-            t0 = time.perf_counter()
-            reference = validation_winner(finished, suite.promotion["metric"])
-            if data is None:  # every child finished in an earlier attempt: the baseline still needs the split
-                data = prepare_data(configs[0], progress=progress)
-            result.comparison = comparison.compare(outcomes + baseline_outcomes(data, suite.seeds),
-                                                   reference=reference, bootstrap=configs[0].bootstrap,
-                                                   seed=configs[0].seed)
-            with tempfile.TemporaryDirectory() as tmp:
-                comparison.write(result.comparison, Path(tmp))
-                parent.log_dir(tmp, "comparison")
-            timings["comparison_s"] = time.perf_counter() - t0
         if any(o.version for o in finished):
             p = suite.promotion
             before = tracking.model_aliases(configs[0].registered_model_name)
@@ -175,10 +163,45 @@ def run_suite(suite: SuiteConfig, *, quick: bool = False, progress: bool = True,
             parent.set_tags({"promotion.decision": result.decision.reason[:5000]})
             after = tracking.model_aliases(configs[0].registered_model_name)
             result.aliases_moved = {a: (before.get(a), v) for a, v in sorted(after.items()) if before.get(a) != v}
+        if finished:  # after promotion, so that the page can say what it decided
+            t0 = time.perf_counter()
+            reference = validation_winner(finished, suite.promotion["metric"])
+            if data is None:  # every child finished in an earlier attempt: the baseline still needs the split
+                data = prepare_data(configs[0], progress=progress)
+            result.comparison = comparison.compare(outcomes + baseline_outcomes(data, suite.seeds),
+                                                   reference=reference, bootstrap=configs[0].bootstrap,
+                                                   seed=configs[0].seed,
+                                                   context=what_was_run(suite, configs, quick, outcomes, result))
+            with tempfile.TemporaryDirectory() as tmp:
+                comparison.write(result.comparison, Path(tmp))
+                parent.log_dir(tmp, "comparison")
+            timings["comparison_s"] = time.perf_counter() - t0
         timings["suite_wall_s"] = time.perf_counter() - start
         parent.log_metrics({"n_finished": len(finished), "n_failed": len(outcomes) - len(finished),
                             **{f"time_{k}": v for k, v in timings.items()}})
     return result
+
+
+def what_was_run(suite: SuiteConfig, configs: list[Config], quick: bool, outcomes: list[comparison.Outcome],
+                 result: SuiteResult) -> list[tuple[str, str]]:
+    """The page's opening table: data, protocol, weights, seeds, machine, the aliases' decision, the child runs."""
+    c = configs[0]
+    rows = [("Data", f"{c.data} ({c.n_train}/{c.n_val}/{c.n_test} train/val/test images; 0 = all)"),
+            ("Run", "quick (--quick: a smoke test of the pipeline, not a result)" if quick else "the full protocol"),
+            ("Protocol", f"{c.image_size} px, {c.epochs} epoch(s), batch {c.batch_size}, Adam lr {c.lr:g}, "
+                         f"loss {c.loss}, sampler {c.sampler}"),
+            ("Seeds", ", ".join(map(str, suite.seeds))),
+            ("Weights", "; ".join(f"{name}: {source or 'unknown'}" for name, source in
+                                  dict.fromkeys((o.name, o.weights_source) for o in outcomes
+                                                if o.status == "FINISHED"))),
+            ("Machine", devices.describe())]
+    for alias, (old, new) in result.aliases_moved.items():
+        rows.append((f"@{alias}", f"v{new} (was {f'v{old}' if old else 'unset'})"))
+    if result.decision is not None:
+        rows.append(("Promotion", result.decision.reason))
+    rows += [(f"Run: {o.name}" + (f" (seed {o.seed})" if len(suite.seeds) > 1 else ""),
+              tracking.run_link(o.run_id) if o.run_id else o.status) for o in outcomes]
+    return rows
 
 
 def _ensembles(suite: SuiteConfig, configs: list[Config], outcomes: list[comparison.Outcome], parent_run_id: str,

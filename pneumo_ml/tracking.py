@@ -581,6 +581,14 @@ def artifact_location(run_id: str, path: str) -> str:
     return str(Path(local) / path) if local is not None else f"{root}/{path}"
 
 
+def run_link(run_id: str) -> str:
+    """The run's page in the MLflow UI when the tracking URI is a server; else the run id."""
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/#/experiments/{get_run(run_id).info.experiment_id}/runs/{run_id}"
+    return f"run {run_id}"
+
+
 def ui_hint() -> str:
     """How to open the MLflow UI on this tracking store."""
     uri = tracking_uri()

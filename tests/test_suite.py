@@ -73,6 +73,11 @@ def test_quick_suite_gives_four_children_an_ensemble_comparison_and_aliases(tmp_
     page = re.search(r"^report: (.+)$", text, re.M).group(1)
     assert Path(page).is_file() and "Research use, not for diagnosis" in Path(page).read_text()
     assert "mlflow ui --backend-store-uri sqlite:///" in text
+    # the page stands alone: what was run, what the aliases became, where each child run is
+    for needle in ("What was run", "Data: synthetic (16/8/12", "Run: the full protocol", "32 px, 1 epoch(s)",
+                   "SmallCNN: random", "Machine: ", f"@champion: v{aliases['champion']} (was unset)",
+                   *(f"Run: {r.data.tags['mlflow.runName']}: run {r.info.run_id}" for r in children)):
+        assert needle in html, needle
     assert len({v.tags[SPLIT_DIGEST_TAG] for v in versions}) == 1  # one split: every version comparable
 
 
