@@ -115,3 +115,20 @@ def test_the_demo_predicts_with_the_ensemble(in_store):
     assert error == "" and label.splitlines()[-1] in ("## NORMAL", "## PNEUMONIA")
     assert "v3" in details and "ensemble" in details and "research use, not for diagnosis" in details.lower()
     assert gradcam.ndim == 3 and gradcam.shape[0] == shown.shape[0]
+
+
+def test_mlflow_models_serve_serves_the_ensemble_over_rest(in_store, tmp_path):
+    import requests
+
+    from servers import model_server
+    store, _ = in_store
+    rows = [[b64(p)] for p in JPEGS[:2]]
+    with model_server(f"models:/{MODEL}/3", f"sqlite:///{store / 'mlflow.db'}", tmp_path) as server:
+        answer = requests.post(f"{server.base}/invocations", timeout=120, json={
+            "dataframe_split": {"columns": ["image"], "data": rows}, "params": {"gradcam": True}})
+        bad = requests.post(f"{server.base}/invocations", timeout=60, json={
+            "dataframe_split": {"columns": ["image"], "data": [["not base64!!"]]}})
+    assert answer.status_code == 200, answer.text
+    predictions = answer.json()["predictions"]
+    assert [p["model"] for p in predictions] == [f"{MODEL} v3"] * 2 and all(p["gradcam_png"] for p in predictions)
+    assert bad.status_code == 400 and "row 0: not valid base64" in bad.json()["message"]
