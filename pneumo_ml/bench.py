@@ -348,8 +348,6 @@ def xray_jpeg(long_side: int) -> bytes:
 
 def bench_pyfunc(name: str, jpeg: bytes, folder: Path, sizes: Sizes) -> dict:
     """Log `name` (random weights) as the project's pyfunc, load it back, time predict on one JPEG and on 32."""
-    import mlflow
-    import pandas as pd
     from PIL import Image
 
     from . import tracking

@@ -271,12 +271,11 @@ def _outcome_of_finished_run(run, name: str, seed: int) -> comparison.Outcome:
         val = pd.read_csv(logger.download("predictions/val_predictions.csv", tmp))
     history = tracking.metric_history(run.info.run_id, ["train_loss", "train_accuracy", "val_loss",
                                                         "val_accuracy", "val_auc"])
-    m = run.data.metrics
     return comparison.Outcome(
-        name, seed, run.info.run_id, "FINISHED", threshold=m.get("val_threshold", 0.5),
+        name, seed, run.info.run_id, "FINISHED", threshold=tracking.run_metric(run, "val_threshold", 0.5),
         val_targets=val["target"].to_numpy(), val_probs=val["probability"].to_numpy(),
         test_targets=test["target"].to_numpy(), test_probs=test["probability"].to_numpy(),
-        history=history, best_epoch=int(m.get("best_epoch", 0)),
+        history=history, best_epoch=int(tracking.run_metric(run, "best_epoch", 0)),
         version=run.data.tags.get(tracking.REGISTERED_VERSION_TAG),
         test_groups=test["patient_id"].astype(str).to_numpy(), test_paths=test["path"].to_numpy(),
         weights_source=run.data.params.get("weights_source", ""))

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import mlflow
 import pandas as pd
-from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.tracking import MlflowClient
@@ -49,6 +49,33 @@ INTEGRITY_TAG = "pneumo_ml.model_sha256"  # SHA-256 of the model's file manifest
 DATA_DIGEST_TAG = "pneumo_ml.data_digest"  # on a run: the digest of the split it logged as its data set
 REGISTERED_VERSION_TAG = "pneumo_ml.registered_version"  # on a run: the version its model became
 PROCESS_TAG = "pneumo_ml.process"  # 'host pid start' of the process that has the run open
+
+
+# The MLflow UI groups metrics by their "section/" prefix and shows the ungrouped ones first: the headline
+# figures (DESIGN.md's contract names) stay ungrouped, everything else goes into a section.
+HEADLINE_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_auc", "test_accuracy", "test_auc",
+                    "test_sensitivity", "test_specificity", "test_f1", "n_finished", "n_failed")
+METRIC_SECTIONS = (("test_tuned_", "at_val_threshold/"), ("best_", "best/"), ("time_", "time/"), ("test_", "test/"))
+RENAMED_METRICS = {"val_threshold": "at_val_threshold/threshold", "n_skipped": "data/n_skipped",
+                   "data_seconds": "data/seconds", "epoch_seconds": "time/epoch_s",
+                   "train_images_per_s": "time/train_images_per_s"}
+
+
+def metric_key(name: str) -> str:
+    """The name a metric is logged under: a headline figure, its interval bounds and the Grad-CAM scores as
+    they are; the rest in a section (`at_val_threshold/sensitivity`, `best/val_auc`, `test/brier`, `time/train_s`,
+    `data/n_skipped`)."""
+    if name.startswith("cam_") or name.removesuffix("_ci_low").removesuffix("_ci_high") in HEADLINE_METRICS:
+        return name
+    if name in RENAMED_METRICS:
+        return RENAMED_METRICS[name]
+    return next((section + name[len(prefix):] for prefix, section in METRIC_SECTIONS if name.startswith(prefix)),
+                name)
+
+
+def run_metric(run, name: str, default: float | None = None) -> float | None:
+    """A logged run's final value of metric `name` (the name the code uses, see metric_key)."""
+    return run.data.metrics.get(metric_key(name), default)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -143,7 +170,7 @@ class RunLogger:
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None, *, wait: bool = True) -> None:
         now = _now_ms()
-        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()
+        batch = [Metric(metric_key(k), float(v), now, step or 0) for k, v in metrics.items()
                  if v is not None and not (isinstance(v, float) and math.isnan(v))]
         if not batch:
             return
@@ -364,7 +391,7 @@ def metric_history(run_id: str, names: list[str]) -> list[dict]:
     """Per-epoch rows (epoch = step) of the named metrics, as the engine's history has them."""
     rows: dict[int, dict] = {}
     for name in names:
-        for m in client().get_metric_history(run_id, name):
+        for m in client().get_metric_history(run_id, metric_key(name)):
             rows.setdefault(m.step, {"epoch": m.step})[name] = m.value
     return [rows[step] for step in sorted(rows)]
 
@@ -635,7 +662,7 @@ def _version_figure(version, metric: str) -> float:
             return math.nan
     if version.run_id:
         with contextlib.suppress(MlflowException):
-            value = client().get_run(version.run_id).data.metrics.get(f"best_{metric}")
+            value = run_metric(client().get_run(version.run_id), f"best_{metric}")
             if value is not None:
                 return float(value)
     return math.nan

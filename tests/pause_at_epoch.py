@@ -33,6 +33,9 @@ def hold_at(marker: Path, pause_epoch: int, run_name: str) -> None:
 
 
 if __name__ == "__main__":  # decoder workers re-import this file as __mp_main__: they must not run the CLI
+    # Ctrl-C as in a terminal: a process started in the background (`cmd &`, CI runners) inherits SIGINT
+    # ignored, and Python then installs no KeyboardInterrupt handler at all.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     marker_path, epoch_text, name, *cli_args = sys.argv[1:]
     hold_at(Path(marker_path), int(epoch_text), name)
     sys.argv = ["pneumo-ml", *cli_args]

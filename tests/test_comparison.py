@@ -1,7 +1,6 @@
 """The suite's comparison on synthetic outcomes: 100 test images (50/50), 16 validation images, four experiments."""
 from __future__ import annotations
 
-import io
 import re
 
 import numpy as np

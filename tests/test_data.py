@@ -5,7 +5,7 @@ import pytest
 
 from conftest import SAMPLES
 from pneumo_ml import data
-from pneumo_ml.data import DataError, load_split, patient_id, read_manifest, sample_protocol, scan_folder
+from pneumo_ml.data import DataError, load_split, patient_id, read_manifest, sample_protocol
 
 
 @pytest.mark.parametrize("name, patient", [

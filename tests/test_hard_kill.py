@@ -110,7 +110,7 @@ def test_kill_9_mid_training_loses_one_epoch_at_most_and_resumes_to_the_uninterr
     reference = run_experiment(config.load(config.experiment_path("small_cnn"), **HARD, register=False),
                                progress=False)
     for key in ("test_auc", "test_accuracy", "best_val_auc", "val_threshold"):
-        a, b = run.data.metrics[key], reference.metrics[key]
+        a, b = tracking.run_metric(run, key), reference.metrics[key]
         assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, abs=1e-5), key
     losses = [m.value for m in sorted(client.get_metric_history(run_id, "train_loss"), key=lambda m: m.step)]
     assert losses == pytest.approx([row["train_loss"] for row in reference.history], rel=1e-4)

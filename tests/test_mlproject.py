@@ -26,7 +26,7 @@ def test_mlflow_run_main_entry_point_joins_the_run_and_logs_the_contract():
     assert run.info.status == "FINISHED"
     assert run.data.params["aug"] == "true" and run.data.params["lr"] == "0.001"  # as mlflow logged them
     assert run.data.params["weights_source"] == "random" and run.data.params["name"] == "SmallCNN"
-    assert {"test_auc", "test_accuracy_ci_low", "val_threshold"} <= set(run.data.metrics)
+    assert {"test_auc", "test_accuracy_ci_low", "at_val_threshold/threshold"} <= set(run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "plots", "data", "predictions", "gradcam"} <= artifacts
     assert client.get_model_version("pneumonia-classifier", "1").run_id == run.info.run_id

@@ -1,7 +1,6 @@
 """A model is trusted only as far as it was logged: its card is checked field by field, its files against the
 SHA-256 manifest training recorded; outputs are checked to be writable before any work."""
 import json
-import shutil
 from pathlib import Path
 
 import mlflow

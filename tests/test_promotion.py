@@ -1,7 +1,6 @@
 """Promotion chooses on validation figures, respects the margin, and never looks at the test set."""
 import math
 
-import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 

@@ -1,7 +1,6 @@
 """sampler: balanced (the study's recommendation 2c): class-balanced training batches and stronger augmentation
 of the minority class, reproducible per seed; on a real imbalanced split, through the real training run."""
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient

@@ -10,7 +10,6 @@ import zlib
 import struct
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import requests

@@ -1,5 +1,4 @@
 """The suite on the real (shrunk) configuration: four children under one parent, the comparison, the aliases."""
-import math
 import re
 from pathlib import Path
 

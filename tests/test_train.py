@@ -1,6 +1,5 @@
 """One experiment end to end on the real (shrunk) configuration, against a real SQLite tracking store."""
 import base64
-import io
 
 import mlflow
 import numpy as np
@@ -46,7 +45,13 @@ def test_one_run_logs_what_the_contract_lists(tiny_config, model):
         assert 0 <= value <= 1
         if name != "test_auc" or not np.isnan(value):
             assert run.data.metrics[f"{name}_ci_low"] <= value + 1e-9 <= run.data.metrics[f"{name}_ci_high"] + 2e-9
-    assert 0 <= run.data.metrics["val_threshold"] <= 1
+    assert 0 <= run.data.metrics["at_val_threshold/threshold"] <= 1
+    # the UI's first (ungrouped) section holds the headline figures; everything else sits in a section
+    ungrouped = {k for k in run.data.metrics if "/" not in k}
+    assert {k.removesuffix("_ci_low").removesuffix("_ci_high") for k in ungrouped if not k.startswith("cam_")} <= \
+        set(tracking.HEADLINE_METRICS)
+    assert {"at_val_threshold/sensitivity", "at_val_threshold/sensitivity_ci_low", "best/val_auc", "best/epoch",
+            "test/brier", "data/n_skipped", "time/epoch_s"} <= set(run.data.metrics)
     files = artifact_paths(client, result.run_id)
     for name in ARTIFACTS:
         assert name in files, name
@@ -64,7 +69,7 @@ def test_one_run_logs_what_the_contract_lists(tiny_config, model):
         assert "cam_pointing_game" in run.data.metrics and "cam_pointing_game_uniform" in run.data.metrics
         version = client.get_model_version("pneumonia-classifier", result.version)
         assert version.tags["run_id"] == result.run_id and version.tags["experiment"] == f"tiny-{model}"
-        assert float(version.tags["val_auc"]) == pytest.approx(run.data.metrics["best_val_auc"], abs=1e-6)
+        assert float(version.tags["val_auc"]) == pytest.approx(run.data.metrics["best/val_auc"], abs=1e-6)
         m = run.data.metrics
         assert f"Test AUC {m['test_auc']:.3f} [{m['test_auc_ci_low']:.3f}, {m['test_auc_ci_high']:.3f}]" in \
             version.description and "weights: random" in version.description.lower()
@@ -148,7 +153,7 @@ def test_skip_bad_skips_counts_and_logs_the_unreadable_files(tiny_config, tmp_pa
                             progress=False)
     client = MlflowClient()
     run = client.get_run(result.run_id)
-    assert run.data.metrics["n_skipped"] == 2
+    assert run.data.metrics["data/n_skipped"] == 2
     skipped = pd.read_csv(client.download_artifacts(result.run_id, "data/skipped.csv"))
     assert sorted(skipped["path"].map(lambda p: p.rsplit("/", 1)[-1])) == ["IM-9001-0001.jpeg",
                                                                             "person9002_bacteria_1.jpeg"]
