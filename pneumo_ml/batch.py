@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from .errors import DataError
 from .inputs import expand_paths
 from .io import ImageReadError
+from .preprocess import display_image
 
 COLUMNS = ["path", "label", "probability", "confidence", "threshold", "model", "ood_score", "warning", "error"]
 
@@ -52,6 +53,9 @@ def predict_files(model_uri: str, paths, *, threshold: float | None = None, batc
     return frame.sort_values("path", key=lambda s: s.map(order)).reset_index(drop=True)
 
 
+DISPLAY_MAX = 1024  # longest side of an overlay `explain` writes
+
+
 def explain_files(model_uri: str, paths, out: Path, *, device: str = "cpu",
                   batch_size: int = 8) -> tuple[list[Path], list[str], list[str]]:
     from .explain import save_overlay
@@ -66,9 +70,10 @@ def explain_files(model_uri: str, paths, out: Path, *, device: str = "cpu",
             continue
         stack = np.stack([i for i, _ in images])
         results = predictor.predict(stack, not_radiograph=[r for _, r in images])
-        for path, image, heat, result in zip(batch_paths, stack, predictor.heatmaps(stack), results):
+        for path, heat, result in zip(batch_paths, predictor.heatmaps(stack), results):
             target = _free_name(out / f"{path.stem}_gradcam.png")
-            save_overlay(target, image, heat, title=f"{path.name}: {result['label']} "
+            # shown at the radiograph's own aspect ratio: the model's square map is stretched back over it
+            save_overlay(target, display_image(path, DISPLAY_MAX), heat, title=f"{path.name}: {result['label']} "
                                                     f"p={result['probability']:.3f} (threshold {result['threshold']:.3f})"
                                                     + (f"\n{fill(result['warning'], 70)}" if result["warning"] else ""))
             written.append(target)

@@ -18,11 +18,10 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: i
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
 
-from . import tracking  # noqa: E402
+from . import preprocess, tracking  # noqa: E402
 from .errors import TrackingError  # noqa: E402
-from .io import ImageReadError, read_xray  # noqa: E402
+from .io import ImageReadError  # noqa: E402
 from .payload import SAMPLES  # noqa: E402
 from .predictor import NOTICE  # noqa: E402
 
@@ -184,14 +183,7 @@ def _read_upload(file) -> tuple[bytes, str]:
 
 
 def display_image(data: bytes, name: str) -> np.ndarray:
-    """The radiograph as read_xray decodes it, its longest side shrunk to DISPLAY_MAX (aspect kept)."""
-    image = read_xray(data, name=name, draft_size=DISPLAY_MAX)
-    h, w = image.shape
-    scale = DISPLAY_MAX / max(h, w)
-    if scale < 1:
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR, reducing_gap=2.0))
-    return image
+    return preprocess.display_image(data, DISPLAY_MAX, name=name)
 
 
 def _error(message: str) -> str:
@@ -320,7 +312,7 @@ def build_app(model_name: str = MODEL_NAME) -> gr.Blocks:
                                        image_mode="L", format="png", interactive=False, elem_id="input-image",
                                        height=360, buttons=["download", "fullscreen"])
             with gr.Column():
-                gradcam_image = gr.Image(label="Grad-CAM: evidence for PNEUMONIA (red = more)", type="numpy",
+                gradcam_image = gr.Image(label="Grad-CAM: evidence for PNEUMONIA (brighter = more)", type="numpy",
                                          format="png", interactive=False, elem_id="gradcam-image", height=360,
                                          buttons=["download", "fullscreen"])
         samples = sample_files()

@@ -28,6 +28,8 @@ from .plots import FIGURE_DPI
 from .transforms import BatchTransform
 
 COLORBAR_LABEL = "Grad-CAM (P(pneumonia) evidence)"
+COLORMAP = "inferno"  # perceptually uniform: equal steps of evidence look like equal steps of colour
+MASK_COLOUR = "cyan"  # the lesion's outline, where the data set provides a mask
 FOOTER = "research use, not for diagnosis"
 LESION_MIN, LUNG_MIN = 192, 64  # mask values: 0 outside the lungs, 128 lung field, 255 lesion
 
@@ -139,7 +141,7 @@ def _cam_layer(model: nn.Module, layer: nn.Module):
 
 # ---------------------------------------------------------------- overlays and figures
 
-def overlay(image_uint8, heatmap, *, alpha: float = 0.45, colormap: str = "jet") -> np.ndarray:
+def overlay(image_uint8, heatmap, *, alpha: float = 0.45, colormap: str = COLORMAP) -> np.ndarray:
     """The radiograph in grey with the colour-mapped heatmap blended on top: uint8 (H, W, 3)."""
     image = _numpy(image_uint8)
     heat = _numpy(heatmap).astype(np.float32)
@@ -153,7 +155,7 @@ def overlay(image_uint8, heatmap, *, alpha: float = 0.45, colormap: str = "jet")
     return np.clip(np.rint(blended * 255.0), 0, 255).astype(np.uint8)
 
 
-def with_colour_bar(rgb: np.ndarray, colormap: str = "jet") -> np.ndarray:
+def with_colour_bar(rgb: np.ndarray, colormap: str = COLORMAP) -> np.ndarray:
     """The overlay with its colour scale on the right, 'more' evidence at the top, 'less' at the bottom."""
     from PIL import ImageDraw
     height, width = rgb.shape[:2]
@@ -194,8 +196,10 @@ def save_overlay(path: str | Path, image, heatmap, title: str | None = None) -> 
     return path
 
 
-def gradcam_grid(images: Sequence, heatmaps: Sequence, titles: Sequence[str], *, columns: int = 4) -> Figure:
-    """A grid of overlays, one per image with its title, a shared colour bar and the research-use footer."""
+def gradcam_grid(images: Sequence, heatmaps: Sequence, titles: Sequence[str], *, columns: int = 4,
+                 masks: Sequence | None = None) -> Figure:
+    """A grid of overlays, one per image with its title, a shared colour bar and the research-use footer;
+    `masks` (a lesion mask or None per image) are outlined."""
     if not (len(images) == len(heatmaps) == len(titles)) or len(images) == 0:
         raise ValueError("gradcam_grid needs as many (>= 1) images, heatmaps and titles")
     cols = max(1, min(columns, len(images)))
@@ -205,6 +209,10 @@ def gradcam_grid(images: Sequence, heatmaps: Sequence, titles: Sequence[str], *,
     for i, (image, heat, title) in enumerate(zip(images, heatmaps, titles)):
         ax = fig.add_subplot(rows, cols, i + 1)
         ax.imshow(overlay(image, heat))
+        mask = masks[i] if masks is not None else None
+        if mask is not None and _lesion_and_lung(np.asarray(mask))[0].any():
+            lesion = _resize_nearest(_lesion_and_lung(np.asarray(mask))[0], np.asarray(image).shape)
+            ax.contour(lesion.astype(float), levels=[0.5], colors=MASK_COLOUR, linewidths=0.8)
         ax.set_title(title, fontsize=8)
         ax.set_axis_off()
         axes.append(ax)
@@ -213,7 +221,7 @@ def gradcam_grid(images: Sequence, heatmaps: Sequence, titles: Sequence[str], *,
     return fig
 
 
-def _colour_scale(colormap: str = "jet") -> ScalarMappable:
+def _colour_scale(colormap: str = COLORMAP) -> ScalarMappable:
     return ScalarMappable(norm=Normalize(0.0, 1.0), cmap=colormaps[colormap])
 
 

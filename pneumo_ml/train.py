@@ -397,7 +397,9 @@ def _log_gradcam(run, model, eval_tf, config: Config, data: PreparedData, test: 
     titles = [f"{kind}  true {plots.CLASS_NAMES[test['targets'][i]]}\n"
               f"pred {plots.CLASS_NAMES[int(test['probs'][i] >= threshold)]}  p={test['probs'][i]:.3f}"
               for i, kind in picks]
-    run.log_figure(explain.gradcam_grid(images[index], [maps[i] for i in index], titles), "plots/gradcam.png")
+    outlines = [read_xray(part["mask"].iloc[i]) if isinstance(part["mask"].iloc[i], str) else None for i in index]
+    run.log_figure(explain.gradcam_grid(images[index], [maps[i] for i in index], titles, masks=outlines),
+                   "plots/gradcam.png")
     with tempfile.TemporaryDirectory() as tmp:
         for i, kind in picks:
             explain.save_overlay(Path(tmp) / f"{kind}_{Path(part['path'].iloc[i]).stem}.png", images[i], maps[i],

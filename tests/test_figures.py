@@ -47,3 +47,25 @@ def test_calibration_counts_never_overlap():
     assert sum(int(t.get_text()[2:]) for t in labels) == len(Y)
     boxes = [t.get_window_extent() for t in labels]
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+def test_the_gradcam_grid_outlines_the_lesion_where_a_mask_exists():
+    from pneumo_ml import explain
+    images = np.full((2, 32, 32), 100, np.uint8)
+    heat = np.zeros((2, 32, 32), np.float32)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[10:30, 12:40] = 1  # a lesion, given at another size than the image
+    fig = explain.gradcam_grid(images, heat, ["with mask", "without"], masks=[mask, None])
+    with_mask, without = fig.axes[0], fig.axes[1]
+    assert len(with_mask.collections) == 1 and not without.collections
+    assert fig.dpi == plots.FIGURE_DPI
+
+
+def test_an_overlay_keeps_the_radiographs_own_aspect_ratio(tmp_path):
+    from PIL import Image
+
+    from pneumo_ml.preprocess import display_image
+    path = tmp_path / "wide.png"
+    Image.fromarray(RNG.integers(0, 255, (944, 1416), dtype=np.uint8)).save(path)
+    shown = display_image(path, 1024)
+    assert shown.shape == (683, 1024)  # 944 x 1416 shrunk, not squashed into a square
