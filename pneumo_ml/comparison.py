@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 from .baseline import IntensityBaseline
 from .metrics import bootstrap_ci, binary_metrics, delong_test, holm, mcnemar, paired_bootstrap_auc, roc_auc
-from .plots import FIGURE_DPI, draw_confusion, draw_curves, draw_roc
+from .plots import FIGURE_DPI, draw_confusion, draw_curves, draw_roc, model_colours
 
 RESEARCH_NOTE = "Research use, not for diagnosis."
 ALPHA = 0.05
@@ -227,7 +227,8 @@ def compare(outcomes: list[Outcome], *, reference: str, bootstrap: int = 1000, s
     first = {n: runs[n][0] for n in finished}
     several = any(len(runs[n]) > 1 for n in finished)
     roc_title = "Test ROC (first seed of each)" if several else "Test ROC"
-    figures = {"metrics_bar.png": metrics_bar(table), "roc_overlay.png": roc_overlay(first, roc_title),
+    figures = {"metrics_bar.png": metrics_bar(table),
+               "roc_overlay.png": roc_overlay(first, roc_title, model_colours(table.experiment)),
                "dashboard.png": dashboard(table, first, roc_title)}
     sections = _sections(table, tests, reference, runs, failed, notes, bootstrap, verdicts)
     if context:
@@ -269,16 +270,21 @@ def _empty(ax, text: str) -> None:
 
 
 def draw_metrics_bar(ax, table: pd.DataFrame) -> None:
+    """Per model, in its colour: accuracy at 0.5 (plain), at the validation threshold (hatched), AUC (dotted)."""
     done = table[table.n_seeds > 0]
     if done.empty:
         return _empty(ax, "no finished runs")
-    bars = (("accuracy", "accuracy @ 0.5"), ("tuned_accuracy", "accuracy @ validation threshold"), ("auc", "AUC"))
+    colours = [model_colours(table.experiment)[n] for n in done.experiment]
+    bars = (("accuracy", "accuracy @ 0.5", ""), ("tuned_accuracy", "accuracy @ validation threshold", "///"),
+            ("auc", "AUC", ".."))
     x, width = np.arange(len(done)), 0.8 / len(bars)
-    for i, (col, label) in enumerate(bars):
+    for i, (col, label, hatch) in enumerate(bars):
         value = done[col].to_numpy(float)
         err = np.vstack([value - done[f"{col}_ci_low"].to_numpy(float), done[f"{col}_ci_high"].to_numpy(float) - value])
         err = None if np.isnan(err).all() else np.nan_to_num(np.clip(err, 0, None))  # no bars when bootstrap=0
-        ax.bar(x + (i - 1) * width, value, width, yerr=err, capsize=3, label=label)
+        ax.bar(x + (i - 1) * width, value, width, yerr=err, capsize=3, color=colours, hatch=hatch,
+               edgecolor="white", linewidth=0)
+        ax.bar([np.nan], [np.nan], color="0.6", hatch=hatch, edgecolor="white", label=label)  # the legend's key
     ax.set_xticks(x, done.experiment, rotation=15 if len(done) > 3 else 0)
     ax.axhline(0.5, c="grey", ls=":", lw=1)
     ax.set_ylim(0, 1.12)
@@ -293,16 +299,16 @@ def metrics_bar(table: pd.DataFrame) -> Figure:
     return fig
 
 
-def _draw_roc(ax, first: dict[str, Outcome], title: str) -> None:
+def _draw_roc(ax, first: dict[str, Outcome], title: str, colours: dict[str, str]) -> None:
     if not first:
         return _empty(ax, "no finished runs")
     draw_roc(ax, {n: (o.test_targets, o.test_probs, roc_auc(o.test_targets, o.test_probs)) for n, o in first.items()},
-             title)
+             title, colours=colours)
 
 
-def roc_overlay(first: dict[str, Outcome], title: str = "Test ROC") -> Figure:
+def roc_overlay(first: dict[str, Outcome], title: str = "Test ROC", colours: dict[str, str] | None = None) -> Figure:
     fig = _figure(5.5, 5.0)
-    _draw_roc(fig.subplots(), first, title)
+    _draw_roc(fig.subplots(), first, title, colours or model_colours(first))
     return fig
 
 
@@ -312,6 +318,7 @@ def dashboard(table: pd.DataFrame, first: dict[str, Outcome], roc_title: str = "
     rows = math.ceil(len(first) / per_row)
     fig = _figure(11.0 * per_row, 3.3 * rows + 4.2)
     grid = fig.add_gridspec(rows + 1, 3 * per_row, height_ratios=[1] * rows + [1.3])
+    loss_axes = []
     for i, (name, o) in enumerate(first.items()):
         r, c = divmod(i, per_row)
         ax_cm, ax_loss, ax_acc = (fig.add_subplot(grid[r, 3 * c + k]) for k in range(3))
@@ -320,11 +327,17 @@ def dashboard(table: pd.DataFrame, first: dict[str, Outcome], roc_title: str = "
             draw_curves(ax_loss, ax_acc, o.history, o.best_epoch)
             ax_loss.set_title(f"{name}: loss", fontsize=10)
             ax_acc.set_title(f"{name}: accuracy / AUC", fontsize=10)
+            loss_axes.append(ax_loss)
         else:
             _empty(ax_loss, "no training history")
             _empty(ax_acc, "no training history")
+    if loss_axes:  # one loss scale for every experiment: the panels are compared
+        low = min(ax.get_ylim()[0] for ax in loss_axes)
+        high = max(ax.get_ylim()[1] for ax in loss_axes)
+        for ax in loss_axes:
+            ax.set_ylim(low, high)
     draw_metrics_bar(fig.add_subplot(grid[rows, :2 * per_row]), table)
-    _draw_roc(fig.add_subplot(grid[rows, 2 * per_row:]), first, roc_title)
+    _draw_roc(fig.add_subplot(grid[rows, 2 * per_row:]), first, roc_title, model_colours(table.experiment))
     fig.suptitle(f"pneumo-ml comparison — {RESEARCH_NOTE}")
     return fig
 

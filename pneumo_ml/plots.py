@@ -10,6 +10,13 @@ from sklearn.metrics import roc_curve as sk_roc_curve
 from .metrics import confusion
 
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf")  # matplotlib's tab10
+
+
+def model_colours(names) -> dict[str, str]:
+    """One colour per model, the same in every figure of a comparison."""
+    return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(dict.fromkeys(names))}
 FIGURE_DPI = 200  # every logged figure; tracking.RunLogger.log_figure writes an SVG beside each PNG
 
 
@@ -47,14 +54,14 @@ def roc_points(y, p) -> tuple[np.ndarray, np.ndarray]:
 
 
 def draw_roc(ax, curves: dict[str, tuple], title: str = "ROC", *, intervals: dict[str, tuple] | None = None,
-             operating: dict[str, float] | None = None) -> None:
+             operating: dict[str, float] | None = None, colours: dict[str, str] | None = None) -> None:
     """curves: label -> (y, p, auc); intervals: label -> the AUC's (low, high); operating: label -> the threshold
-    whose (1 - specificity, sensitivity) is marked."""
+    whose (1 - specificity, sensitivity) is marked; colours: label -> colour (one per model across figures)."""
     for label, (y, p, auc) in curves.items():
         fpr, tpr = roc_points(y, p)
         interval = (intervals or {}).get(label)
         ci = f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""
-        line, = ax.plot(fpr, tpr, lw=2, label=f"{label} (AUC {auc:.3f}{ci})")
+        line, = ax.plot(fpr, tpr, lw=2, label=f"{label} (AUC {auc:.3f}{ci})", color=(colours or {}).get(label))
         if label in (operating or {}):
             t = operating[label]
             c = confusion(y, p, t)

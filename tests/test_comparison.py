@@ -246,3 +246,25 @@ def test_a_zero_variance_delong_is_p_one_with_a_note():
     t = c.tests.iloc[0]
     assert t.delong_p == 1.0 and not t.resolved and "zero estimated variance" in t.delong_note
     assert "zero estimated variance" in c.markdown
+
+
+def test_one_colour_per_model_in_every_figure_and_one_loss_scale():
+    from matplotlib.colors import to_hex
+
+    outcomes = suite()
+    outcomes[1].history = [dict(r, train_loss=3 * r["train_loss"], val_loss=3 * r["val_loss"])
+                           for r in outcomes[1].history]
+    figures = compare(outcomes, reference="ResNet50_Aug", bootstrap=50, seed=0).figures
+    roc = {line.get_label().split(" (")[0]: to_hex(line.get_color()) for line in figures["roc_overlay.png"].axes[0].lines
+           if "(AUC" in line.get_label()}
+    bars = [p for p in figures["metrics_bar.png"].axes[0].patches if to_hex(p.get_facecolor()) != "#999999"]  # keys
+    finished = ["SmallCNN", "ResNet50_Aug", "ResNet50_NoAug"]
+    per_metric = [bars[i * len(finished):(i + 1) * len(finished)] for i in range(3)]
+    for patches in per_metric:  # the same model, the same colour, whatever the metric
+        assert [to_hex(p.get_facecolor()) for p in patches] == [roc[n] for n in finished]
+    assert len(set(roc.values())) == len(finished)
+    dashboard = figures["dashboard.png"]
+    assert {to_hex(line.get_color()) for line in dashboard.axes[-1].lines if "(AUC" in line.get_label()} == \
+        set(roc.values())
+    losses = [ax for ax in dashboard.axes if ax.get_title().endswith(": loss")]
+    assert len(losses) == 3 and len({ax.get_ylim() for ax in losses}) == 1
