@@ -80,6 +80,16 @@ class Config:
 FIELD_TYPES = {f.name: f.type for f in fields(Config)}
 
 
+def seed_suffix(seed: int) -> str:
+    """What tells the runs of one experiment apart in a suite with several seeds: 'SmallCNN (seed 1)'."""
+    return f" (seed {seed})"
+
+
+def experiment_name(config: Config) -> str:
+    """The experiment a run belongs to, without the seed that tells its runs apart."""
+    return config.name.removesuffix(seed_suffix(config.seed))
+
+
 def load(path: str | os.PathLike | None = None, *, base: Config | None = None, **overrides: Any) -> Config:
     """Config from `base` (or the defaults), then the YAML file, then the overrides (None = not given)."""
     values = (base or Config()).to_dict()

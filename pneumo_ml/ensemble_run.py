@@ -20,6 +20,7 @@ from PIL import Image
 from . import metrics, tracking
 from .comparison import Outcome
 from .ensemble import ARCHITECTURE, CARD_FILE, NAME, EnsembleCard, EnsembleError, mean_probabilities, write_folder
+from .config import seed_suffix
 from .io import ImageReadError, read_xray
 from .promotion import COMPARABILITY_TAGS, IMAGE_SIZE_TAG, SPLIT_SIZES_TAG
 from .train import log_plots, prediction_table, registry_tags, version_description
@@ -105,9 +106,10 @@ def build_ensemble(uris: list[str], *, name: str = NAME, parent_run_id: str | No
         final = metrics.evaluation_metrics(val, test, threshold, groups, n_boot=bootstrap, seed=seed)
         val_loss = log_loss(val["targets"], val["probs"])
         weights_source = "ensemble of " + ", ".join(m.name for m in members)
-        with tracking.start_run(name, parent_run_id=parent_run_id,
-                                tags={"pneumo_ml.model": ARCHITECTURE, tracking.DATA_DIGEST_TAG: first.data_digest}
-                                ) as run:
+        with tracking.start_run(f"{name.removesuffix(seed_suffix(seed))}-{len(members)}models-s{seed}",
+                                parent_run_id=parent_run_id,
+                                tags={"pneumo_ml.model": ARCHITECTURE, tracking.DATA_DIGEST_TAG: first.data_digest,
+                                      tracking.EXPERIMENT_TAG: name}) as run:
             run.log_params({"model": ARCHITECTURE, "members": ", ".join(m.name for m in members),
                             "member_uris": ", ".join(uris), "member_run_ids": ", ".join(m.run_id for m in members),
                             "member_versions": ", ".join(m.version or "" for m in members),

@@ -15,7 +15,7 @@ import yaml
 
 from . import comparison, config as config_mod, devices, tracking
 from .baseline import IntensityBaseline
-from .config import Config
+from .config import Config, experiment_name, seed_suffix
 from .ensemble import NAME as ENSEMBLE_NAME
 from .ensemble_run import build_ensemble
 from .errors import ConfigError
@@ -100,17 +100,8 @@ def experiment_config(suite: SuiteConfig, experiment: str, seed: int, *, quick: 
     overrides = {**suite.protocol, **(suite.quick if quick else {}), "seed": seed}
     cfg = config_mod.load(config_mod.experiment_path(experiment), **overrides)
     if len(suite.seeds) > 1:
-        cfg = cfg.replace(name=f"{cfg.name}{_seed_suffix(seed)}")
+        cfg = cfg.replace(name=f"{cfg.name}{seed_suffix(seed)}")
     return cfg
-
-
-def _seed_suffix(seed: int) -> str:
-    return f" (seed {seed})"
-
-
-def experiment_name(cfg: Config) -> str:
-    """The experiment a run belongs to, without the seed that tells its runs apart."""
-    return cfg.name.removesuffix(_seed_suffix(cfg.seed))
 
 
 def run_suite(suite: SuiteConfig, *, quick: bool = False, progress: bool = True, resume_run_id: str | None = None,
@@ -118,7 +109,8 @@ def run_suite(suite: SuiteConfig, *, quick: bool = False, progress: bool = True,
     start = time.perf_counter()
     configs = [experiment_config(suite, name, seed, quick=quick) for name, seed in plan(suite)]
     timings: dict[str, float] = {}
-    with tracking.start_run("suite", resume_run_id=resume_run_id, tags={"pneumo_ml.kind": "suite"}) as parent:
+    with tracking.start_run(f"suite{'-quick' if quick else ''}-{time.strftime('%Y-%m-%d-%H%M%S')}",
+                            resume_run_id=resume_run_id, tags={"pneumo_ml.kind": "suite"}) as parent:
         if resume_run_id is None:
             parent.log_params({"experiments": ",".join(suite.experiments), "seeds": ",".join(map(str, suite.seeds)),
                                "quick": quick, **{f"protocol.{k}": v for k, v in configs[0].to_dict().items()
@@ -128,7 +120,8 @@ def run_suite(suite: SuiteConfig, *, quick: bool = False, progress: bool = True,
                                             "protocol": suite.protocol, "promotion": suite.promotion,
                                             "quick": suite.quick, "ensemble": list(suite.ensemble) or False},
                                            sort_keys=False), "suite.yaml")
-        previous = {run.data.tags.get("mlflow.runName"): run for run in tracking.child_runs(parent.run_id)} \
+        previous = {run.data.tags.get(tracking.EXPERIMENT_TAG, run.info.run_name): run
+                    for run in tracking.child_runs(parent.run_id)} \
             if resume_run_id else {}
         data = None
         outcomes: list[comparison.Outcome] = []
@@ -213,7 +206,7 @@ def _ensembles(suite: SuiteConfig, configs: list[Config], outcomes: list[compari
     for seed in suite.seeds:
         members = [o for o, cfg in zip(outcomes, configs)
                    if cfg.seed == seed and o.status == "FINISHED" and experiment_name(cfg) in names]
-        name = ENSEMBLE_NAME + (_seed_suffix(seed) if len(suite.seeds) > 1 else "")
+        name = ENSEMBLE_NAME + (seed_suffix(seed) if len(suite.seeds) > 1 else "")
         earlier = previous.get(name)
         if earlier is not None and earlier.info.status == "FINISHED":
             made.append(_outcome_of_finished_run(earlier, ENSEMBLE_NAME, seed))

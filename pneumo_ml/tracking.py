@@ -47,6 +47,7 @@ SERVING_REQUIREMENTS = ("torch", "torchvision", "timm", "numpy", "pandas", "pill
 
 INTEGRITY_TAG = "pneumo_ml.model_sha256"  # SHA-256 of the model's file manifest (integrity.MANIFEST_ARTIFACT)
 DATA_DIGEST_TAG = "pneumo_ml.data_digest"  # on a run: the digest of the split it logged as its data set
+EXPERIMENT_TAG = "pneumo_ml.experiment"  # on a run: the experiment's display name (SmallCNN, Ensemble, ...)
 REGISTERED_VERSION_TAG = "pneumo_ml.registered_version"  # on a run: the version its model became
 PROCESS_TAG = "pneumo_ml.process"  # 'host pid start' of the process that has the run open
 

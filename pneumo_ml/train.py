@@ -24,7 +24,7 @@ from PIL import Image
 
 from . import checkpoints, distributed, engine, metrics, plots, tracking
 from .cache import DecodedCache, image_array, shared_cache
-from .config import Config
+from .config import Config, experiment_name
 from .data import DataError, SplitTable, cache_root, load_split
 from .errors import ConfigError, TrackingError
 from .devices import resolve_device
@@ -201,8 +201,9 @@ def run_experiment(config: Config, *, data: PreparedData | None = None, parent_r
     if resume_run_id:  # the checkpoint is checked before the run's status changes: a refused resume leaves it as it was
         setup = build(config, data, device, world)
         state = _resume_state(resume_run_id, setup.model, setup.optimizer)
-    run_context = tracking.start_run(config.name, parent_run_id=parent_run_id, resume_run_id=resume_run_id,
-                                     tags={"pneumo_ml.model": config.model}) if world.is_main \
+    run_context = tracking.start_run(run_name(config), parent_run_id=parent_run_id, resume_run_id=resume_run_id,
+                                     tags={"pneumo_ml.model": config.model, tracking.EXPERIMENT_TAG: config.name}) \
+        if world.is_main \
         else contextlib.nullcontext(tracking.NoRun())
     with run_context as run:
         result.run_id = run.run_id
@@ -237,6 +238,11 @@ def run_experiment(config: Config, *, data: PreparedData | None = None, parent_r
     if writer is not None:
         writer.discard()  # the run is finished: nothing left to resume
     return result
+
+
+def run_name(config: Config) -> str:
+    """Unique enough to tell runs apart in the UI: 'ResNet50_Aug-224px-e5-s42' (the display name is a tag)."""
+    return f"{experiment_name(config)}-{config.image_size}px-e{config.epochs}-s{config.seed}"
 
 
 def _log_setup(run: tracking.RunLogger, config: Config, data: PreparedData, weights_source: str,

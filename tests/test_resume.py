@@ -63,7 +63,8 @@ def wait_for(predicate, proc, timeout=240):
 
 def run_named(name: str) -> str:
     client = MlflowClient()
-    runs = client.search_runs([tracking.experiment_id()], filter_string=f"tags.mlflow.runName = '{name}'")
+    runs = client.search_runs([tracking.experiment_id()],
+                              filter_string=f"tags.`{tracking.EXPERIMENT_TAG}` = '{name}'")
     assert len(runs) == 1, [r.info.run_name for r in runs]
     return runs[0].info.run_id
 
@@ -126,14 +127,14 @@ def test_interrupted_suite_keeps_finished_children_and_resumes_the_killed_one(tm
     slow_id = run_named("Slow")
     parent_id = client.get_run(slow_id).data.tags["mlflow.parentRunId"]
     assert client.get_run(parent_id).info.status == "KILLED"
-    children = {r.data.tags["mlflow.runName"]: r for r in tracking.child_runs(parent_id)}
+    children = {r.data.tags[tracking.EXPERIMENT_TAG]: r for r in tracking.child_runs(parent_id)}
     assert children["SmallCNN"].info.status == "FINISHED" and children["Slow"].info.status == "KILLED"
     first_small = children["SmallCNN"].info.run_id
 
     resumed = start("suite", "--resume", parent_id, "--quiet")
     out, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, out
-    children = {r.data.tags["mlflow.runName"]: r for r in tracking.child_runs(parent_id)}
+    children = {r.data.tags[tracking.EXPERIMENT_TAG]: r for r in tracking.child_runs(parent_id)}
     assert len(children) == 2 and children["SmallCNN"].info.run_id == first_small
     assert children["Slow"].info.run_id == slow_id and children["Slow"].info.status == "FINISHED"
     steps = sorted({m.step for m in client.get_metric_history(slow_id, "val_loss")})

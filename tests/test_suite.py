@@ -31,9 +31,14 @@ def test_quick_suite_gives_four_children_an_ensemble_comparison_and_aliases(tmp_
                                              ensemble=True)), progress=False)
     client = MlflowClient()
     children = tracking.child_runs(result.run_id)
-    assert sorted(r.data.tags["mlflow.runName"] for r in children) == \
+    assert sorted(r.data.tags[tracking.EXPERIMENT_TAG] for r in children) == \
         ["Ensemble", "ResNet50_Aug", "ResNet50_NoAug", "SmallCNN", "ViT_Tiny"]
     assert all(r.info.status == "FINISHED" for r in children)
+    # run names that tell runs apart: model, size, epochs, seed; the parent says quick or not, and when
+    assert sorted(r.info.run_name for r in children) == ["Ensemble-4models-s7", "ResNet50_Aug-32px-e1-s7",
+                                                         "ResNet50_NoAug-32px-e1-s7", "SmallCNN-32px-e1-s7",
+                                                         "ViT_Tiny-32px-e1-s7"]
+    assert re.fullmatch(r"suite-\d{4}-\d\d-\d\d-\d{6}", client.get_run(result.run_id).info.run_name)
     split_digests = {r.data.tags["pneumo_ml.data_digest"] for r in children}
     assert len(split_digests) == 1  # one split for all
     files = {f.path for f in client.list_artifacts(result.run_id, "comparison")}
@@ -46,7 +51,7 @@ def test_quick_suite_gives_four_children_an_ensemble_comparison_and_aliases(tmp_
     ensemble = next(v for v in versions if v.tags["experiment"] == "Ensemble")
     members = {str(v.version) for v in versions if v.tags["experiment"] != "Ensemble"}
     assert set(ensemble.tags["ensemble_members"].split(",")) == members
-    ensemble_run = next(r for r in children if r.data.tags["mlflow.runName"] == "Ensemble")
+    ensemble_run = next(r for r in children if r.data.tags[tracking.EXPERIMENT_TAG] == "Ensemble")
     assert ensemble_run.data.params["model"] == "ensemble" and "test_auc" in ensemble_run.data.metrics
     aliases = tracking.model_aliases("pneumonia-classifier")
     best = max(versions, key=lambda v: (float(v.tags["val_auc"]), -float(v.tags["val_loss"]), -int(v.version)))
@@ -59,7 +64,7 @@ def test_quick_suite_gives_four_children_an_ensemble_comparison_and_aliases(tmp_
     assert {"IntensityBaseline", "Ensemble"} <= set(table.experiment) and "weights_source" in table.columns
     assert set(table.set_index("experiment").weights_source.drop(["IntensityBaseline", "Ensemble"])) == {"random"}
     # the ensemble's test probabilities are its members' mean, read back from what they logged
-    logged = {r.data.tags["mlflow.runName"]: pd.read_csv(client.download_artifacts(
+    logged = {r.data.tags[tracking.EXPERIMENT_TAG]: pd.read_csv(client.download_artifacts(
         r.info.run_id, "predictions/test_predictions.csv")) for r in children}
     mean = np.mean([logged[n].probability for n in ("SmallCNN", "ResNet50_Aug", "ResNet50_NoAug", "ViT_Tiny")], 0)
     np.testing.assert_allclose(logged["Ensemble"].probability, mean, rtol=1e-6)
@@ -75,7 +80,7 @@ def test_quick_suite_gives_four_children_an_ensemble_comparison_and_aliases(tmp_
     # the page stands alone: what was run, what the aliases became, where each child run is
     for needle in ("What was run", "Data: synthetic (16/8/12", "Run: the full protocol", "32 px, 1 epoch(s)",
                    "SmallCNN: random", "Machine: ", f"@champion: v{aliases['champion']} (was unset)",
-                   *(f"Run: {r.data.tags['mlflow.runName']}: run {r.info.run_id}" for r in children)):
+                   *(f"Run: {r.data.tags[tracking.EXPERIMENT_TAG]}: run {r.info.run_id}" for r in children)):
         assert needle in html, needle
     assert len({v.tags[SPLIT_DIGEST_TAG] for v in versions}) == 1  # one split: every version comparable
 
@@ -122,7 +127,7 @@ def test_a_failing_child_leaves_the_others_and_the_report_intact(tmp_path, capsy
     assert statuses == {"SmallCNN": "FINISHED", "Broken": "FAILED"}
     broken = next(o for o in result.outcomes if o.name == "Broken")
     assert "no-such-weights.pt: weights file not found" in broken.error
-    children = {r.data.tags["mlflow.runName"]: r for r in tracking.child_runs(result.run_id)}
+    children = {r.data.tags[tracking.EXPERIMENT_TAG]: r for r in tracking.child_runs(result.run_id)}
     assert children["Broken"].info.status == "FAILED"
     assert "weights file not found" in children["Broken"].data.tags["pneumo_ml.error"]
     md = open(MlflowClient().download_artifacts(result.run_id, "comparison/results.md")).read()
