@@ -311,8 +311,8 @@ def start_run(run_name: str, *, parent_run_id: str | None = None, resume_run_id:
     if run_id:
         if resume_run_id:
             check_resumable(resume_run_id)
-        try:
-            c.update_run(run_id, status="RUNNING")
+        try:  # a run `mlflow run` opened has a random name: it gets the descriptive one
+            c.update_run(run_id, status="RUNNING", name=None if resume_run_id else run_name)
         except MlflowException as e:
             raise TrackingError(f"cannot open run {run_id}: {str(e).splitlines()[0]}") from e
         RunLogger(run_id).set_tags(tags)

@@ -24,6 +24,7 @@ def test_mlflow_run_main_entry_point_joins_the_run_and_logs_the_contract():
     assert len(runs) == 1, "the entry point must join the run mlflow opened, not start another"
     run = runs[0]
     assert run.info.status == "FINISHED"
+    assert run.info.run_name == "SmallCNN-32px-e1-s42"  # not the random name mlflow run gave it
     assert run.data.params["aug"] == "true" and run.data.params["lr"] == "0.001"  # as mlflow logged them
     assert run.data.params["weights_source"] == "random" and run.data.params["name"] == "SmallCNN"
     assert {"test_auc", "test_accuracy_ci_low", "at_val_threshold/threshold"} <= set(run.data.metrics)
