@@ -655,15 +655,14 @@ def promote(name: str = MODEL_NAME, *, metric: str = "val_auc", alias: str = "ch
 
 
 def _version_figure(version, metric: str) -> float:
-    """A validation figure from the version's tags, else from its run's final `best_` metric."""
-    if metric in version.tags:
-        try:
-            return float(version.tags[metric])
-        except ValueError:
-            return math.nan
+    """A validation figure: exact from its run's final `best_` metric, else from the version's tag (rounded for
+    reading, or set by hand on a version registered outside pneumo-ml)."""
     if version.run_id:
         with contextlib.suppress(MlflowException):
             value = run_metric(client().get_run(version.run_id), f"best_{metric}")
             if value is not None:
                 return float(value)
-    return math.nan
+    try:
+        return float(version.tags[metric]) if metric in version.tags else math.nan
+    except ValueError:
+        return math.nan

@@ -456,9 +456,10 @@ def registry_tags(experiment: str, architecture: str, run_id: str, weights_sourc
             "weights_source": weights_source, "val_threshold": f"{threshold:.4f}"}
     validation = {"val_auc": logged.get("best_val_auc"), "val_accuracy": logged.get("best_val_accuracy"),
                   "val_loss": val_loss}
-    tags.update({k: f"{math.nan if v is None else v:.6f}" for k, v in validation.items()})
+    # 4 decimals, for reading: promotion takes the exact figure from the run (tracking._version_figure)
+    tags.update({k: f"{math.nan if v is None else v:.4f}" for k, v in validation.items()})
     for key in ("test_auc", "test_accuracy", "test_tuned_accuracy", "test_sensitivity", "test_specificity"):
-        tags[key] = f"{logged.get(key, math.nan):.6f}"
+        tags[key] = f"{logged.get(key, math.nan):.4f}"
     return tags
 
 
