@@ -73,9 +73,10 @@ def explain_files(model_uri: str, paths, out: Path, *, device: str = "cpu",
         for path, heat, result in zip(batch_paths, predictor.heatmaps(stack), results):
             target = _free_name(out / f"{path.stem}_gradcam.png")
             # shown at the radiograph's own aspect ratio: the model's square map is stretched back over it
-            save_overlay(target, display_image(path, DISPLAY_MAX), heat, title=f"{path.name}: {result['label']} "
-                                                    f"p={result['probability']:.3f} (threshold {result['threshold']:.3f})"
-                                                    + (f"\n{fill(result['warning'], 70)}" if result["warning"] else ""))
+            title = (f"{path.name}: {result['label']} p={result['probability']:.3f} "
+                     f"(threshold {result['threshold']:.3f})"
+                     + (f"\n{fill(result['warning'], 70)}" if result["warning"] else ""))
+            save_overlay(target, display_image(path, DISPLAY_MAX), heat, title=title)
             written.append(target)
             warnings += [f"{path}: {result['warning']}"] if result["warning"] else []
     return written, errors, warnings

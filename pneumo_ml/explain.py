@@ -177,9 +177,14 @@ def is_flat(heatmap) -> bool:
     return float(heat.max() - heat.min()) < 1e-6
 
 
-def overlay_png(image_uint8, heatmap, *, title: str | None = None) -> bytes:
-    """A PNG (RGB) of the overlay with its colour bar, the title if given, and the research-use footer."""
-    fig = Figure(figsize=(5.0, 4.4), dpi=100, layout="constrained")
+def overlay_png(image_uint8, heatmap, *, title: str | None = None, dpi: int = 100) -> bytes:
+    """A PNG (RGB) of the overlay with its colour bar, the title if given, and the research-use footer (100 dpi:
+    what a REST answer carries; a run's figures use FIGURE_DPI)."""
+    return _png(overlay_figure(image_uint8, heatmap, title=title, dpi=dpi))
+
+
+def overlay_figure(image_uint8, heatmap, *, title: str | None = None, dpi: int = 100) -> Figure:
+    fig = Figure(figsize=(5.0, 4.4), dpi=dpi, layout="constrained")
     ax = fig.add_subplot()
     ax.imshow(overlay(image_uint8, heatmap))
     ax.set_axis_off()
@@ -187,12 +192,16 @@ def overlay_png(image_uint8, heatmap, *, title: str | None = None) -> bytes:
         ax.set_title(title, fontsize=9)
     fig.colorbar(_colour_scale(), ax=ax, label=COLORBAR_LABEL, shrink=0.85)
     fig.supxlabel(FOOTER, fontsize=7, color="0.35")
-    return _png(fig)
+    return fig
 
 
-def save_overlay(path: str | Path, image, heatmap, title: str | None = None) -> Path:
+def save_overlay(path: str | Path, image, heatmap, title: str | None = None, *, for_paper: bool = False) -> Path:
+    """The overlay as PNG; `for_paper`: at FIGURE_DPI, with an SVG beside it (a run's figures)."""
     path = Path(path)
-    path.write_bytes(overlay_png(image, heatmap, title=title))
+    fig = overlay_figure(image, heatmap, title=title, dpi=FIGURE_DPI if for_paper else 100)
+    path.write_bytes(_png(fig))
+    if for_paper:
+        fig.savefig(path.with_suffix(".svg"), format="svg", metadata={"Date": None})
     return path
 
 

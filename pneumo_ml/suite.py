@@ -224,7 +224,8 @@ def _ensembles(suite: SuiteConfig, configs: list[Config], outcomes: list[compari
         except Exception as e:  # noqa: BLE001 - the experiments' results stand without it
             reason = str(e).splitlines()[0] if str(e) else e.__class__.__name__
             log.error("%s failed: %s", name, reason)
-            made.append(comparison.Outcome(ENSEMBLE_NAME, seed, "", "FAILED", error=f"{e.__class__.__name__}: {reason}"))
+            made.append(comparison.Outcome(ENSEMBLE_NAME, seed, "", "FAILED",
+                                           error=f"{e.__class__.__name__}: {reason}"))
     return made
 
 

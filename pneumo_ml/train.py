@@ -409,7 +409,8 @@ def _log_gradcam(run, model, eval_tf, config: Config, data: PreparedData, test: 
     with tempfile.TemporaryDirectory() as tmp:
         for i, kind in picks:
             explain.save_overlay(Path(tmp) / f"{kind}_{Path(part['path'].iloc[i]).stem}.png", images[i], maps[i],
-                                 title=f"{kind} p={test['probs'][i]:.3f} (threshold {threshold:.3f})")
+                                 title=f"{kind} p={test['probs'][i]:.3f} (threshold {threshold:.3f})",
+                                 for_paper=True)
         run.log_dir(tmp, "gradcam")
     if not masked:
         return {}

@@ -255,8 +255,8 @@ def test_one_colour_per_model_in_every_figure_and_one_loss_scale():
     outcomes[1].history = [dict(r, train_loss=3 * r["train_loss"], val_loss=3 * r["val_loss"])
                            for r in outcomes[1].history]
     figures = compare(outcomes, reference="ResNet50_Aug", bootstrap=50, seed=0).figures
-    roc = {line.get_label().split(" (")[0]: to_hex(line.get_color()) for line in figures["roc_overlay.png"].axes[0].lines
-           if "(AUC" in line.get_label()}
+    roc = {line.get_label().split(" (")[0]: to_hex(line.get_color())
+           for line in figures["roc_overlay.png"].axes[0].lines if "(AUC" in line.get_label()}
     bars = [p for p in figures["metrics_bar.png"].axes[0].patches if to_hex(p.get_facecolor()) != "#999999"]  # keys
     finished = ["SmallCNN", "ResNet50_Aug", "ResNet50_NoAug"]
     per_metric = [bars[i * len(finished):(i + 1) * len(finished)] for i in range(3)]

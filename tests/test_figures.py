@@ -32,7 +32,8 @@ def test_roc_marks_the_operating_point_and_gives_the_auc_interval():
     assert "test (AUC 0.812 [0.700, 0.900])" in legend and "test at threshold 0.499" in legend
     point = [line for line in fig.axes[0].lines if line.get_label() == "test at threshold 0.499"][0]
     c = plots.confusion(Y, P, 0.4987)
-    assert point.get_xdata()[0] == c["fp"] / (c["fp"] + c["tn"]) and point.get_ydata()[0] == c["tp"] / (c["tp"] + c["fn"])
+    assert point.get_xdata()[0] == c["fp"] / (c["fp"] + c["tn"])
+    assert point.get_ydata()[0] == c["tp"] / (c["tp"] + c["fn"])
 
 
 def test_precision_recall_draws_the_prevalence_line():

@@ -59,7 +59,8 @@ def test_one_run_logs_what_the_contract_lists(tiny_config, model):
             assert name.replace(".png", ".svg") in files, name  # a vector copy beside every plot
             with Image.open(client.download_artifacts(result.run_id, name)) as png:
                 assert round(png.info["dpi"][0]) == 200, name
-    assert any(f.startswith("gradcam/") and f.endswith(".png") for f in files)
+    overlays = [f for f in files if f.startswith("gradcam/") and f.endswith(".png")]
+    assert overlays and all(f.replace(".png", ".svg") in files for f in overlays)
     split = pd.read_csv(client.download_artifacts(result.run_id, "data/split.csv"))
     assert split.groupby("split").size().to_dict() == {"test": 12, "train": 16, "val": 8}
     predictions = pd.read_csv(client.download_artifacts(result.run_id, "predictions/test_predictions.csv"))
