@@ -300,7 +300,8 @@ def test_browser_upload_predict_gradcam_and_bad_file(server, trained_model, monk
 
             def predict_shows(label: str, probability: float) -> None:
                 page.locator("#predict-button").click()
-                expect(page.locator("#result-label h2")).to_have_text(label)
+                # the first prediction loads and verifies the model: minutes on a loaded 2-core machine
+                expect(page.locator("#result-label h2")).to_have_text(label, timeout=180_000)
                 expect(page.locator("#result-details")).to_contain_text(f"{probability:.4f}")
                 expect(page.locator("#result-details")).to_contain_text("research use, not for diagnosis",
                                                                         ignore_case=True)
