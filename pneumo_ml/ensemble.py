@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .ood import Reference, STATS_FILE, not_a_radiograph
+from .ood import Reference, STATS_FILE
 from .predictor import ModelCard, Predictor
 from .preprocess import decode_resized, resize_xray
 
@@ -105,16 +105,14 @@ class EnsemblePredictor(Predictor):
     def decode(self, src, name: str | None = None) -> np.ndarray:
         return decode_resized(src, self.card.image_size, name=name)
 
-    def read(self, src, name: str | None = None) -> tuple[np.ndarray, str]:
-        image = self.decode(src, name=name)
-        return image, not_a_radiograph(src, image)
-
     def _views(self, images: np.ndarray):
+        """Each member with the images at its own input size."""
         for member in self.members:
             size = member.card.image_size
-            yield member, (images if images.shape[1:] == (size, size)
-                           else np.stack([resize_xray(image, size) for image in images]) if len(images) else
-                           np.zeros((0, size, size), dtype=np.uint8))
+            view = np.zeros((len(images), size, size), dtype=np.uint8)
+            for i, image in enumerate(images):
+                view[i] = resize_xray(image, size)  # a no-op copy when the size is already right
+            yield member, view
 
     def scored(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         probs, scores = [], []
@@ -125,7 +123,7 @@ class EnsemblePredictor(Predictor):
         # NaN where a member carries no statistics: the others still decide
         stacked = np.stack(scores)
         worst = np.where(np.isnan(stacked).all(0), np.nan, np.where(np.isnan(stacked), -np.inf, stacked).max(0))
-        return np.mean(probs, axis=0), worst
+        return mean_probabilities(probs), worst
 
     def heatmaps(self, images: np.ndarray) -> np.ndarray:
         maps = []

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
+from sklearn.metrics import log_loss
 
 from . import metrics, tracking
 from .comparison import Outcome
@@ -81,11 +82,6 @@ def check_same_split(members: list[Member]) -> None:
                     "combines models evaluated on the same split")
 
 
-def log_loss(y: np.ndarray, p: np.ndarray) -> float:
-    p = np.clip(p, 1e-7, 1 - 1e-7)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-
-
 def build_ensemble(uris: list[str], *, name: str = NAME, parent_run_id: str | None = None, register: bool = True,
                    registered_model_name: str = tracking.MODEL_NAME, bootstrap: int = 1000, seed: int = 42
                    ) -> EnsembleResult:
@@ -104,7 +100,7 @@ def build_ensemble(uris: list[str], *, name: str = NAME, parent_run_id: str | No
         threshold = metrics.youden_threshold(val["targets"], val["probs"])
         groups = first.test["patient_id"].astype(str).to_numpy()
         final = metrics.evaluation_metrics(val, test, threshold, groups, n_boot=bootstrap, seed=seed)
-        val_loss = log_loss(val["targets"], val["probs"])
+        val_loss = float(log_loss(val["targets"], val["probs"], labels=[0, 1]))
         weights_source = "ensemble of " + ", ".join(m.name for m in members)
         with tracking.start_run(f"{name.removesuffix(seed_suffix(seed))}-{len(members)}models-s{seed}",
                                 parent_run_id=parent_run_id,

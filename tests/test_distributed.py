@@ -6,7 +6,7 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY
+from conftest import TINY, cli_args
 from pneumo_ml import config, tracking
 from pneumo_ml.train import run_experiment
 
@@ -16,12 +16,7 @@ ARGS = dict(TINY, model="vit_tiny", pretrained="false", aug="false", epochs=2, n
 
 
 def test_two_processes_match_one_and_log_one_run():
-    args = []
-    for key, value in ARGS.items():
-        if key in ("bootstrap", "gradcam_images", "workers"):
-            args += ["--set", f"{key}={value}"]
-        else:
-            args += [f"--{key.replace('_', '-')}", str(value)]
+    args = cli_args(ARGS)
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           "-m", "pneumo_ml", "train", *args, "--no-register", "--quiet"],
                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
