@@ -278,7 +278,7 @@ def test_browser_upload_predict_gradcam_and_bad_file(server, trained_model, monk
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             requests = []
             page.on("request", lambda r: requests.append(r.url))
-            page.set_default_timeout(30_000)
+            page.set_default_timeout(120_000)  # generous: every wait is for a condition, CI runs under load
             page.goto(server.url)
             expect(page.locator("#research-note")).to_be_visible()
             expect(page.locator("#research-note")).to_contain_text("research use, not for diagnosis",
