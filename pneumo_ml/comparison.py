@@ -29,8 +29,8 @@ BASELINE_WEIGHTS = "none (logistic regression on intensity statistics, fitted on
 SELECTION_LABEL = "Validation AUC (selection statistic)"
 METRICS = ("accuracy", "auc", "sensitivity", "specificity")
 TUNED = ("accuracy", "sensitivity", "specificity")  # AUC does not depend on the threshold
-FILES = ("results.md", "results.csv", "tests.csv", "metrics_bar.png", "roc_overlay.png", "dashboard.png",
-         "report.html")
+FILES = ("results.md", "results.csv", "tests.csv", "metrics_bar.png", "roc_overlay.png", "per_experiment.png",
+         "dashboard.png", "report.html")
 # Per-seed values averaged across seeds; the point values (not the interval bounds) also get a *_std column.
 POINTS = [*METRICS, *(f"tuned_{m}" for m in TUNED), "val_auc", "threshold"]
 INTERVALS = [f"{m}_ci_{side}" for m in [*METRICS, *(f"tuned_{m}" for m in TUNED)] for side in ("low", "high")]
@@ -229,6 +229,7 @@ def compare(outcomes: list[Outcome], *, reference: str, bootstrap: int = 1000, s
     roc_title = "Test ROC (first seed of each)" if several else "Test ROC"
     figures = {"metrics_bar.png": metrics_bar(table),
                "roc_overlay.png": roc_overlay(first, roc_title, model_colours(table.experiment)),
+               "per_experiment.png": dashboard(table, first, roc_title, summary=False),
                "dashboard.png": dashboard(table, first, roc_title)}
     sections = _sections(table, tests, reference, runs, failed, notes, bootstrap, verdicts)
     if context:
@@ -312,12 +313,15 @@ def roc_overlay(first: dict[str, Outcome], title: str = "Test ROC", colours: dic
     return fig
 
 
-def dashboard(table: pd.DataFrame, first: dict[str, Outcome], roc_title: str = "Test ROC") -> Figure:
-    """Per experiment: confusion matrix at its validation threshold and training curves; then bars and ROC."""
+def dashboard(table: pd.DataFrame, first: dict[str, Outcome], roc_title: str = "Test ROC", *,
+              summary: bool = True) -> Figure:
+    """Per experiment: confusion matrix at its validation threshold and training curves; then, with `summary`,
+    the bars and ROC (the one-figure study dashboard; the page shows those two above it, so it embeds
+    the per-experiment rows only)."""
     per_row = 1 if len(first) <= 4 else 2  # beyond four experiments, two per row keeps the page from getting tall
-    rows = math.ceil(len(first) / per_row)
-    fig = _figure(11.0 * per_row, 3.3 * rows + 4.2)
-    grid = fig.add_gridspec(rows + 1, 3 * per_row, height_ratios=[1] * rows + [1.3])
+    rows = max(1, math.ceil(len(first) / per_row))
+    fig = _figure(11.0 * per_row, 3.3 * rows + (4.2 if summary else 0.4))
+    grid = fig.add_gridspec(rows + summary, 3 * per_row, height_ratios=[1] * rows + [1.3] * summary)
     loss_axes = []
     for i, (name, o) in enumerate(first.items()):
         r, c = divmod(i, per_row)
@@ -336,8 +340,11 @@ def dashboard(table: pd.DataFrame, first: dict[str, Outcome], roc_title: str = "
         high = max(ax.get_ylim()[1] for ax in loss_axes)
         for ax in loss_axes:
             ax.set_ylim(low, high)
-    draw_metrics_bar(fig.add_subplot(grid[rows, :2 * per_row]), table)
-    _draw_roc(fig.add_subplot(grid[rows, 2 * per_row:]), first, roc_title, model_colours(table.experiment))
+    if not first:
+        _empty(fig.add_subplot(grid[0, :]), "no finished runs")
+    if summary:
+        draw_metrics_bar(fig.add_subplot(grid[rows, :2 * per_row]), table)
+        _draw_roc(fig.add_subplot(grid[rows, 2 * per_row:]), first, roc_title, model_colours(table.experiment))
     fig.suptitle(f"pneumo-ml comparison — {RESEARCH_NOTE}")
     return fig
 
@@ -532,7 +539,8 @@ def _html(title: str, sections, figures: dict[str, Figure]) -> str:
                 body.append(f"<p{cls}>{esc(block)}</p>")
         if heading.startswith("Test results at the validation"):
             body.append(_img("metrics_bar.png", figures) + _img("roc_overlay.png", figures))
-    body.insert(-1, "<h2>Dashboard</h2>" + _img("dashboard.png", figures))
+    body.insert(-1, "<h2>Per experiment: test confusion matrix and training curves</h2>"
+                + _img("per_experiment.png", figures))
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{esc(title)}</title><style>{CSS}</style></head>\n<body>\n" + "\n".join(body)
             + "\n</body></html>\n")

@@ -120,15 +120,16 @@ def build_ensemble(uris: list[str], *, name: str = NAME, parent_run_id: str | No
                                 member_versions=[m.version or "" for m in members])
             folder = write_folder(Path(tmp) / "ensemble", [m.files for m in members], card)
             model_uri = run.log_model({"ensemble": folder}, _example_png(first.test, card.image_size))
+            description = version_description(
+                f"{name}: the mean probability of {', '.join(m.name for m in members)}", first.data_source,
+                first.tags.get(SPLIT_SIZES_TAG) or f"?/{len(first.val)}/{len(first.test)}", weights_source,
+                threshold, final)
+            run.set_description(description)
             version = None
             if register:
                 tags = registry_tags(name, ARCHITECTURE, run.run_id, weights_source, threshold, final, val_loss)
                 tags.update(_comparability(members, card.image_size))
                 tags[MEMBERS_TAG] = ",".join(m.version or m.run_id for m in members)
-                description = version_description(
-                    f"{name}: the mean probability of {', '.join(m.name for m in members)}", first.data_source,
-                    first.tags.get(SPLIT_SIZES_TAG) or f"?/{len(first.val)}/{len(first.test)}", weights_source,
-                    threshold, final)
                 version = str(tracking.register(model_uri, name=registered_model_name, tags=tags,
                                                 description=description).version)
                 run.set_tags({tracking.REGISTERED_VERSION_TAG: version})

@@ -26,7 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 
 from . import integrity, procs, store
 from .errors import TrackingError
@@ -52,8 +52,10 @@ REGISTERED_VERSION_TAG = "pneumo_ml.registered_version"  # on a run: the version
 PROCESS_TAG = "pneumo_ml.process"  # 'host pid start' of the process that has the run open
 
 
-# The MLflow UI groups metrics by their "section/" prefix and shows the ungrouped ones first: the headline
-# figures (DESIGN.md's contract names) stay ungrouped, everything else goes into a section.
+# The MLflow UI groups metric charts by their "section/" prefix (3.17: the named sections alphabetically, then the
+# ungrouped "Model metrics"), and the run page's overview lists metrics in the order they were first logged: the
+# headline figures (DESIGN.md's contract names) stay ungrouped and are logged before everything else, which goes
+# into a section.
 HEADLINE_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_auc", "test_accuracy", "test_auc",
                     "test_sensitivity", "test_specificity", "test_f1", "n_finished", "n_failed")
 METRIC_SECTIONS = (("test_tuned_", "at_val_threshold/"), ("best_", "best/"), ("time_", "time/"), ("test_", "test/"))
@@ -72,6 +74,10 @@ def metric_key(name: str) -> str:
         return RENAMED_METRICS[name]
     return next((section + name[len(prefix):] for prefix, section in METRIC_SECTIONS if name.startswith(prefix)),
                 name)
+
+
+def is_headline(name: str) -> bool:
+    return "/" not in metric_key(name)
 
 
 def run_metric(run, name: str, default: float | None = None) -> float | None:
@@ -173,6 +179,7 @@ class RunLogger:
         now = _now_ms()
         batch = [Metric(metric_key(k), float(v), now, step or 0) for k, v in metrics.items()
                  if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        batch.sort(key=lambda m: "/" in m.key)  # headline figures first: the overview lists them in this order
         if not batch:
             return
         if wait:
@@ -184,6 +191,10 @@ class RunLogger:
         for operation in self._pending:
             operation.wait()
         self._pending.clear()
+
+    def set_description(self, text: str) -> None:
+        """The run page's "Description" (MLflow keeps it as the tag mlflow.note.content)."""
+        self.set_tags({MLFLOW_RUN_NOTE: text})
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
@@ -603,7 +614,10 @@ def tracking_uri() -> str:
 
 
 def artifact_location(run_id: str, path: str) -> str:
-    """Where a run's artifact lives: a local path for a local store, else its URI."""
+    """Where a reader finds a run's artifact: its page in the UI of a tracking server, a local path for a local
+    store, else its URI."""
+    if tracking_uri().startswith(("http://", "https://")):
+        return f"{run_link(run_id)}/artifacts/{path}"
     root = get_run(run_id).info.artifact_uri.rstrip("/")
     local = root.removeprefix("file://") if root.startswith(("file://", "/")) else None
     return str(Path(local) / path) if local is not None else f"{root}/{path}"

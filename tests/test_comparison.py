@@ -122,13 +122,18 @@ def test_write_produces_every_file(result, tmp_path):
     paths = write(result, tmp_path / "comparison")
     assert [p.name for p in paths] == list(FILES) and all(p.is_file() for p in paths)
     for name, min_size in (("metrics_bar.png", (500, 350)), ("roc_overlay.png", (500, 450)),
-                           ("dashboard.png", (1100, 1500))):
+                           ("per_experiment.png", (1100, 1000)), ("dashboard.png", (1100, 1500))):
         with Image.open(tmp_path / "comparison" / name) as image:
             image.load()
             assert image.size[0] >= min_size[0] and image.size[1] >= min_size[1], (name, image.size)
     page = (tmp_path / "comparison" / "report.html").read_text()
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(images) == 3
+    # the page shows the bars and the ROC once each; below them, what they do not show (not the whole dashboard)
+    assert re.findall(r'<img alt="([\w.]+)"', page) == ["metrics_bar.png", "roc_overlay.png", "per_experiment.png"]
+    titles = [ax.get_title() for ax in result.figures["per_experiment.png"].axes]
+    assert any(t.endswith(": loss") for t in titles) and any("(test)" in t for t in titles)
+    assert not any("ROC" in t or "Test accuracy" in t for t in titles)
     assert "<table" in page and "ResNet50_NoAug" in page and "Research use, not for diagnosis." in page
     assert "CUDA out of memory" in page and "<style>" in page
     assert not re.search(r"https?://|<script|<link", page)

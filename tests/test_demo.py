@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from browser import CHROMIUM_ARGS, chromium_path
 from conftest import SAMPLES, write_dicom
 from not_xrays import colour_photo
 
@@ -28,16 +29,7 @@ ARTIFACTS = REPO / "test-artifacts"
 MODEL = "pneumonia-classifier"
 SAMPLE_PNEUMONIA = SAMPLES / "PNEUMONIA" / "person1946_bacteria_4874.jpeg"
 SAMPLE_NORMAL = SAMPLES / "NORMAL" / "NORMAL2-IM-1438-0001.jpeg"
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 STARTUP_S = 90
-
-
-def chromium_path() -> str:
-    path = os.environ.get("PNEUMO_ML_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(path).exists():
-        pytest.fail(f"Chromium not found at {path} (CI installs Debian's chromium; set PNEUMO_ML_CHROMIUM)")
-    return path
 
 
 def free_port() -> int:

@@ -15,7 +15,8 @@ from pneumo_ml.suite import load_suite, run_suite, summary
 
 PROTOCOL = {k: v for k, v in TINY.items()}
 COMPARISON = ["comparison/results.md", "comparison/results.csv", "comparison/metrics_bar.png",
-              "comparison/roc_overlay.png", "comparison/dashboard.png", "comparison/report.html"]
+              "comparison/roc_overlay.png", "comparison/per_experiment.png", "comparison/dashboard.png",
+              "comparison/report.html"]
 
 
 def suite_file(tmp_path, experiments, seeds=(7,), protocol=None, ensemble=False, **promotion):
