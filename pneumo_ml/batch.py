@@ -12,8 +12,9 @@ from .errors import DataError
 from .inputs import expand_paths
 from .io import ImageReadError
 from .preprocess import display_image
+from .vocabulary import PREDICTION_FIELDS
 
-COLUMNS = ["path", "label", "probability", "confidence", "threshold", "model", "ood_score", "warning", "error"]
+COLUMNS = ["path", *PREDICTION_FIELDS, "error"]
 
 
 def _decoded_batches(predictor, files: list[Path], batch_size: int, progress: bool, desc: str):

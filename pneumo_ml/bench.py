@@ -25,16 +25,17 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 
 from .errors import ConfigError
+from .timing import stage
+from .vocabulary import ARCHITECTURES, CLASSES
 
-MODEL_NAMES = ("small_cnn", "resnet50", "vit_tiny", "densenet121")
+MODEL_NAMES = ARCHITECTURES
 PYFUNC_MODELS = ("small_cnn", "resnet50")
-PYFUNC_IMAGE_SIZE = 224  # the served models' input size (the seed protocol's)
+PYFUNC_IMAGE_SIZE = 224  # the served models' input size (the study's protocol's)
 PYFUNC_SOURCE_PX = 1024  # long side of the one JPEG a pyfunc call sees
 INFERENCE_BATCH = 32
 
@@ -43,7 +44,7 @@ TARGET_RATIO = 0.90  # warm end-to-end >= 90 % of model-only
 TARGET_DECODE_EFFICIENCY = 0.8  # cold decode >= 0.8 x N workers x single-core decode rate
 TARGET_PYFUNC_P50_MS = {"small_cnn": 50.0, "resnet50": 150.0}  # one 1,024 px JPEG, on CPU
 TARGET_ENSEMBLE_OVERHEAD_MS = 10.0  # an ensemble decodes once: its p50 stays under its members' sum plus this
-TARGET_SUITE_S = 60.0  # the seed protocol on one H100/H200
+TARGET_SUITE_S = 60.0  # the study's protocol on one H100/H200
 
 BREAKDOWN_LABELS = {"data_s": "data (split + decode)", "train_s": "training", "evaluate_s": "evaluation",
                     "gradcam_s": "Grad-CAM", "plots_s": "plots", "model_logging_s": "MLflow model logging",
@@ -97,28 +98,29 @@ def run_bench(quick: bool = False, models: list[str] | None = None, device: str 
         "cpu_count": os.cpu_count() or 1, "torch": torch.__version__, "machine": platform.platform(),
         "torch_threads": torch.get_num_threads(), "load_avg_1m_at_start": _load_average(),
     }
+    from . import tracking  # mlflow loads only when the benchmark runs, not for `pneumo-ml --help`
     stages: dict[str, float] = {}  # where the benchmark's own time goes
     report["bench_stage_s"] = stages
-    with tempfile.TemporaryDirectory(prefix="pneumo-ml-bench-") as tmp_name, _isolated_tracking(Path(tmp_name)):
+    with tempfile.TemporaryDirectory(prefix="pneumo-ml-bench-") as tmp_name, tracking.isolated_store(Path(tmp_name)):
         tmp = Path(tmp_name)
         _say(progress, f"bench on {report['device']} ({dev.type}); writing the end-to-end set")
-        with _stage(stages, "write_e2e_set"):
+        with stage(stages, "write_e2e_set"):
             all_paths, all_targets = _write_jpeg_set(tmp / "e2e", max(sizes.e2e_images, sizes.decode_files),
                                                      sizes.e2e_source_px)
         paths, targets = all_paths[:sizes.e2e_images], all_targets[:sizes.e2e_images]
         report["e2e_set"] = {"images": len(paths), "nominal_px": sizes.e2e_source_px, "format": "jpeg",
                              "mean_file_kib": round(float(np.mean([os.path.getsize(p) for p in paths])) / 1024, 1)}
         report["decode_workers"] = _decode_workers()
-        with _stage(stages, "decode"):
+        with stage(stages, "decode"):
             report["decode_single_core_img_per_s"] = decode_single_core(all_paths[:sizes.single_core_files],
                                                                         sizes.image_size)
             report["decode_files"] = len(all_paths[:sizes.decode_files])
             report["decode_parallel_img_per_s"] = decode_parallel(all_paths[:sizes.decode_files], sizes.image_size)
-        with _stage(stages, "components"):
+        with stage(stages, "components"):
             report["components"] = data_path_components(paths, targets, sizes, dev)
         for name in names:
             _say(progress, f"{name}: end-to-end, model-only, inference")
-            with _stage(stages, name):
+            with stage(stages, name):
                 report["models"][name] = bench_model(name, paths, targets, sizes, dev)
         wanted = [m for m in PYFUNC_MODELS if m in names]
         report["pyfunc"] = {}
@@ -128,11 +130,11 @@ def run_bench(quick: bool = False, models: list[str] | None = None, device: str 
                                       "model_image_size": PYFUNC_IMAGE_SIZE, "device": "cpu"}
             for name in wanted:
                 _say(progress, f"{name}: pyfunc latency")
-                with _stage(stages, f"pyfunc_{name}"):
+                with stage(stages, f"pyfunc_{name}"):
                     report["pyfunc"][name] = bench_pyfunc(name, jpeg, tmp / f"pyfunc-{name}", sizes)
             if len(wanted) > 1:
                 _say(progress, f"ensemble of {', '.join(wanted)}: pyfunc latency")
-                with _stage(stages, "pyfunc_ensemble"):
+                with stage(stages, "pyfunc_ensemble"):
                     ensemble = bench_ensemble_pyfunc(wanted, jpeg, tmp, sizes)
                 members = sum(report["pyfunc"][n]["p50_ms"] for n in wanted)
                 report["pyfunc_ensemble"] = {**ensemble, "members_p50_sum_ms": members,
@@ -144,7 +146,7 @@ def run_bench(quick: bool = False, models: list[str] | None = None, device: str 
         report["suite_wall_s"], report["suite_breakdown_s"] = None, {}
         if suite:
             _say(progress, "suite" + (" (quick)" if quick else ""))
-            with _stage(stages, "suite"):
+            with stage(stages, "suite"):
                 report.update(bench_suite(quick, dev.type, progress))
     report["load_avg_1m_at_end"] = _load_average()
     return report
@@ -269,7 +271,7 @@ def data_path_components(paths: list[str], targets: np.ndarray, sizes: Sizes, de
     loader = BatchLoader(images, targets, sizes.batch_size, shuffle=True, seed=0, device=device)
 
     def one_pass():
-        for x, y in loader:
+        for _batch in loader:
             pass
         _sync(device)
 
@@ -326,7 +328,7 @@ def _write_jpeg_set(root: Path, n: int, size: int) -> tuple[list[str], np.ndarra
                                     workers=_decode_workers(), progress=False)
     train = frame[frame["split"] == "train"]
     return ([str(root / p) for p in train["path"]],
-            (train["label"] == synthetic.CLASSES[1]).to_numpy().astype(np.int64))
+            (train["label"] == CLASSES[1]).to_numpy().astype(np.int64))
 
 
 def xray_jpeg(long_side: int) -> bytes:
@@ -386,10 +388,11 @@ def bench_ensemble_pyfunc(names: list[str], jpeg: bytes, tmp: Path, sizes: Sizes
 
 def time_pyfunc(uri: str, jpeg: bytes, sizes: Sizes, name: str) -> dict:
     """Load a logged pyfunc, time predict on one JPEG (p50/p95 over sizes.pyfunc_calls) and on 32."""
-    import mlflow
     import pandas as pd
+
+    from . import tracking
     start = time.perf_counter()
-    pyfunc = mlflow.pyfunc.load_model(uri)
+    pyfunc = tracking.load_pyfunc(uri)
     load_s = time.perf_counter() - start
 
     text = base64.b64encode(jpeg).decode("ascii")
@@ -425,7 +428,8 @@ def bench_suite(quick: bool, device: str = "auto", progress: bool = False) -> di
     """
     import dataclasses
 
-    from . import cache as cache_mod, config as config_mod
+    from . import cache as cache_mod
+    from . import config as config_mod
     from .data import load_split
     from .suite import experiment_config, load_suite, run_suite
 
@@ -436,11 +440,8 @@ def bench_suite(quick: bool, device: str = "auto", progress: bool = False) -> di
     load_split(first.data, n_train=first.n_train, n_val=first.n_val, n_test=first.n_test, seed=0,
                synthetic_difficulty=first.synthetic_difficulty)
     generation_s = time.perf_counter() - start
-    saved, cache_mod._shared = cache_mod._shared, None  # a cold decoded cache, as in a fresh `pneumo-ml suite`
-    try:
+    with cache_mod.cold_shared_cache():  # as in a fresh `pneumo-ml suite`
         result = run_suite(suite, quick=quick, progress=progress)
-    finally:
-        cache_mod._shared = saved
     timings = dict(result.timings)
     wall = timings.pop("suite_wall_s")
     breakdown = {k: timings[k] for k in BREAKDOWN_LABELS if k in timings}
@@ -514,7 +515,7 @@ def format_table(report: dict) -> str:
         lines += ["", f"Suite ({len(report.get('suite_experiments', []))} experiments, "
                       f"{proto.get('n_train')}/{proto.get('n_val')}/{proto.get('n_test')}, "
                       f"{proto.get('epochs')} epoch(s), {proto.get('image_size')} px, "
-                      f"{'quick' if report['quick'] else 'seed protocol'}): wall {wall:.1f} s; "
+                      f"{'quick' if report['quick'] else 'study protocol'}): wall {wall:.1f} s; "
                       f"target < {TARGET_SUITE_S:.0f} s on one H100/H200: {verdict}"]
         for key, seconds in report["suite_breakdown_s"].items():
             lines.append(f"  {BREAKDOWN_LABELS.get(key, key):<36}{seconds:>8.1f} s  {seconds / wall * 100:>5.1f} %")
@@ -562,15 +563,6 @@ def _timed(fn, repeats: int, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-@contextlib.contextmanager
-def _stage(stages: dict[str, float], key: str) -> Iterator[None]:
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        stages[key] = time.perf_counter() - start
-
-
 def _mark(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
@@ -588,48 +580,3 @@ def _say(progress: bool, message: str) -> None:
         click.echo(f"bench: {message}", err=True)
 
 
-@contextlib.contextmanager
-def _isolated_tracking(tmp: Path) -> Iterator[None]:
-    """A temporary SQLite tracking store and registry, data cache and working folder under `tmp`; all restored.
-
-    The working folder moves too: a SQLite store's default artifact root (experiment 0's) is ./mlruns of the
-    working folder, so nothing may be left there. ./experiments stays visible through a link, so the suite reads
-    the same YAML files.
-    """
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    from . import tracking
-
-    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "PNEUMO_ML_CACHE", "MLFLOW_RUN_ID")
-    saved_env = {k: os.environ.get(k) for k in keys}
-    saved_uris = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
-    saved_cwd = Path.cwd()
-    work = tmp / "work"
-    work.mkdir()
-    if (saved_cwd / "experiments").is_dir():
-        (work / "experiments").symlink_to(saved_cwd / "experiments", target_is_directory=True)
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    os.environ.update({"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri, "PNEUMO_ML_CACHE": str(tmp / "cache")})
-    os.environ.pop("MLFLOW_RUN_ID", None)
-    forced = mlflow.get_tracking_uri() != uri  # set programmatically earlier in this process: wins over env
-    if forced:
-        mlflow.set_tracking_uri(uri)
-    forced_registry = mlflow.get_registry_uri() != uri
-    if forced_registry:
-        mlflow.set_registry_uri(uri)
-    os.chdir(work)
-    try:
-        MlflowClient().create_experiment(tracking.EXPERIMENT, artifact_location=(tmp / "artifacts").as_uri())
-        yield
-    finally:
-        os.chdir(saved_cwd)
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        if forced:
-            mlflow.set_tracking_uri(saved_uris[0])
-        if forced_registry:
-            mlflow.set_registry_uri(saved_uris[1])

@@ -6,6 +6,7 @@ worker processes; this module stays free of torch so that those workers start fa
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import multiprocessing
 import os
@@ -15,6 +16,7 @@ from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -213,3 +215,14 @@ def shared_cache(root: str | os.PathLike | None = None, max_bytes: int = DEFAULT
         _shared = DecodedCache(root)
     _shared.max_bytes = max_bytes
     return _shared
+
+
+@contextlib.contextmanager
+def cold_shared_cache() -> Iterator[None]:
+    """A fresh process-wide cache for the duration (the benchmark's cold start); the previous one restored."""
+    global _shared
+    saved, _shared = _shared, None
+    try:
+        yield
+    finally:
+        _shared = saved

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import click
 
-from .config import SAMPLERS, Config, parse_bool
+from .config import DEVICES, LOSSES, PRETRAINED, SAMPLERS, Config, parse_bool
 from .errors import ConfigError, UserError
 from .io import ImageReadError
-
-NOTICE = "research use, not for diagnosis"
+from .vocabulary import MODEL_NAME, NOTICE, PROMOTION_DEFAULTS, STUDY_SPLIT, VALIDATION_METRICS
 
 
 class Optional_(click.ParamType):
@@ -76,7 +75,7 @@ class Main(click.Group):
         except (UserError, ImageReadError) as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(1)
-        except Exception as e:  # noqa: BLE001 - last resort: name it in one line, keep the traceback for -v
+        except Exception as e:
             if os.environ.get("PNEUMO_ML_DEBUG"):
                 raise
             from .engine import NonFiniteLossError
@@ -106,10 +105,6 @@ def main(verbose: bool) -> None:
 
 # --- train ----------------------------------------------------------------------------------------------
 
-TRAIN_OPTIONS = ("model", "aug", "data", "epochs", "batch_size", "lr", "image_size", "pretrained", "weights",
-                 "loss", "sampler", "seed", "device", "n_train", "n_val", "n_test")
-
-
 def from_yaml(key: str) -> str:
     """What --help shows as the default of a train option: the experiment YAML decides, else the config's own."""
     return f"experiment YAML, else {getattr(Config, key)}"
@@ -121,7 +116,7 @@ def from_yaml(key: str) -> str:
 @click.option("--model", type=Optional_(click.STRING), show_default=from_yaml("model"),
               help="small_cnn, resnet50, vit_tiny or densenet121, or a display name: SmallCNN, ResNet50_Aug, "
                    "ResNet50_NoAug, ViT_Tiny, DenseNet121.")
-@bool_option("aug", "Train with the seed's augmentations (flip, rotation ±10°, brightness ±20 %).", from_yaml("aug"))
+@bool_option("aug", "Train with the study's augmentations (flip, rotation ±10°, brightness ±20 %).", from_yaml("aug"))
 @click.option("--data", type=Optional_(click.STRING), show_default=from_yaml("data"),
               help="'synthetic', a Kermany-layout folder or a CSV manifest.")
 @click.option("--epochs", type=Optional_(click.INT), show_default=from_yaml("epochs"), help="Training epochs.")
@@ -130,18 +125,18 @@ def from_yaml(key: str) -> str:
 @click.option("--lr", type=Optional_(click.FLOAT), show_default=from_yaml("lr"), help="Adam learning rate.")
 @click.option("--image-size", type=Optional_(click.INT), show_default=from_yaml("image_size"),
               help="Square input size in px.")
-@click.option("--pretrained", type=Optional_(click.Choice(["auto", "true", "false"], case_sensitive=False)),
+@click.option("--pretrained", type=Optional_(click.Choice(PRETRAINED, case_sensitive=False)),
               show_default=from_yaml("pretrained"),
               help="ImageNet weights: auto = when they can be had offline, else random (logged).")
 @click.option("--weights", type=Optional_(click.STRING), show_default="none",
               help="A local state dict / timm checkpoint to start from.")
-@click.option("--loss", type=Optional_(click.Choice(["ce", "weighted_ce", "focal"])), show_default=from_yaml("loss"),
+@click.option("--loss", type=Optional_(click.Choice(LOSSES)), show_default=from_yaml("loss"),
               help="Training loss.")
 @click.option("--sampler", type=Optional_(click.Choice(SAMPLERS, case_sensitive=False)),
               show_default=from_yaml("sampler"),
               help="balanced: class-balanced batches, minority images augmented more (for imbalanced data).")
 @click.option("--seed", type=Optional_(click.INT), show_default=from_yaml("seed"), help="Seed of every random draw.")
-@click.option("--device", type=Optional_(click.Choice(["auto", "cpu", "cuda"])), show_default=from_yaml("device"),
+@click.option("--device", type=Optional_(click.Choice(DEVICES)), show_default=from_yaml("device"),
               help="auto = CUDA when available.")
 @click.option("--n-train", type=Optional_(click.INT), show_default=from_yaml("n_train"),
               help="Training images (half per class; 0 = all).")
@@ -150,7 +145,7 @@ def from_yaml(key: str) -> str:
 @click.option("--n-test", type=Optional_(click.INT), show_default=from_yaml("n_test"),
               help="Test images (half per class; 0 = all).")
 @bool_option("quick", "Shrink sizes as `suite --quick` does (the suite YAML's quick: block); options given win.")
-@bool_option("register", "Register the model as a new version of pneumonia-classifier.", "true")
+@bool_option("register", f"Register the model as a new version of {MODEL_NAME}.", "true")
 @bool_option("skip-bad", "Skip unreadable images (listed in data/skipped.csv) instead of stopping.")
 @bool_option("allow-leaks", "Train even if the split shares files or bytes across splits (listed in data/leaks.txt).")
 @bool_option("compile", "torch.compile the model.")
@@ -223,7 +218,7 @@ def _config_of_run(run_id: str, options: dict):
               help="Continue an interrupted suite by its parent run id (finished children are kept).")
 @click.option("--quiet", is_flag=True, help="No progress bars or epoch lines.")
 def suite(config_path, quick, no_quick, resume_run_id, quiet):
-    """The seed's four experiments as child runs of one parent run, compared, registered, champion promoted."""
+    """The study's four experiments as child runs of one parent run, compared, registered, champion promoted."""
     from . import config as config_mod
     from .suite import load_suite, run_suite, suite_of_run, summary
     quick = _flag(quick, no_quick)
@@ -238,12 +233,14 @@ def suite(config_path, quick, no_quick, resume_run_id, quiet):
 
 
 @main.command()
-@click.option("--model-name", default="pneumonia-classifier", show_default=True, help="Registered model.")
-@click.option("--metric", default="val_auc", show_default=True, help="val_auc, val_accuracy or val_loss.")
-@click.option("--alias", default="champion", show_default=True, help="Alias of the winner.")
-@click.option("--margin", default=0.0, show_default=True, type=float,
+@click.option("--model-name", default=MODEL_NAME, show_default=True, help="Registered model.")
+@click.option("--metric", default=PROMOTION_DEFAULTS["metric"], show_default=True,
+              help=f"{', '.join(VALIDATION_METRICS)}.")
+@click.option("--alias", default=PROMOTION_DEFAULTS["alias"], show_default=True, help="Alias of the winner.")
+@click.option("--margin", default=PROMOTION_DEFAULTS["margin"], show_default=True, type=float,
               help="Promote only when the winner beats the current alias holder by this much.")
-@click.option("--challenger", default="challenger", show_default=True, help="Alias for the runner-up ('' for none).")
+@click.option("--challenger", default=PROMOTION_DEFAULTS["challenger"], show_default=True,
+              help="Alias for the runner-up ('' for none).")
 def promote(model_name, metric, alias, margin, challenger):
     """Point @champion at the registered version with the best validation metric."""
     from .tracking import promote as promote_versions
@@ -255,17 +252,18 @@ def promote(model_name, metric, alias, margin, challenger):
 
 @main.command()
 @click.option("--model-uri", "model_uris", required=True, multiple=True,
-              help="A member: models:/pneumonia-classifier/3, runs:/<id>/model, ... (two or more, repeated).")
+              help=f"A member: models:/{MODEL_NAME}/3, runs:/<id>/model, ... (two or more, repeated).")
 @click.option("--name", default="Ensemble", show_default=True, help="The run's name and the version's experiment tag.")
 @bool_option("register", "Register the ensemble as a version of the registered model.", default="true")
-@click.option("--model-name", default="pneumonia-classifier", show_default=True, help="Registered model.")
+@click.option("--model-name", default=MODEL_NAME, show_default=True, help="Registered model.")
 @click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(1),
               help="Patient-level bootstrap resamples for the intervals.")
 @click.option("--seed", default=42, show_default=True, type=int, help="Seed of the bootstrap.")
 def ensemble(model_uris, name, register, no_register, model_name, bootstrap, seed):
     """Combine logged models (the mean of their probabilities) into one model, evaluated on the split their
     runs used, with the same metrics and intervals as any model; logged as one pyfunc and registered."""
-    from .ensemble_run import build_ensemble, summary as ensemble_summary
+    from .ensemble_run import build_ensemble
+    from .ensemble_run import summary as ensemble_summary
     register = _flag(True if register is None else register, no_register)
     result = build_ensemble(list(model_uris), name=name, register=register, registered_model_name=model_name,
                             bootstrap=bootstrap, seed=seed)
@@ -276,14 +274,14 @@ def ensemble(model_uris, name, register, no_register, model_name, bootstrap, see
 # --- inference ------------------------------------------------------------------------------------------
 
 @main.command()
-@click.option("--model-uri", required=True, help="models:/pneumonia-classifier@champion, runs:/<id>/model, ...")
+@click.option("--model-uri", required=True, help=f"models:/{MODEL_NAME}@champion, runs:/<id>/model, ...")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--out", type=click.Path(dir_okay=False), show_default="stdout",
               help="Write the predictions as CSV here.")
 @click.option("--threshold", type=click.FloatRange(0, 1), show_default="the model's validation threshold",
               help="PNEUMONIA when P(pneumonia) >= this.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1), help="Images per forward pass.")
-@click.option("--device", default="cpu", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(DEVICES),
               help="Where the model runs.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def predict(model_uri, paths, out, threshold, batch_size, device, quiet):
@@ -308,10 +306,10 @@ def predict(model_uri, paths, out, threshold, batch_size, device, quiet):
 
 
 @main.command()
-@click.option("--model-uri", required=True, help="models:/pneumonia-classifier@champion, runs:/<id>/model, ...")
+@click.option("--model-uri", required=True, help=f"models:/{MODEL_NAME}@champion, runs:/<id>/model, ...")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the PNG overlays.")
-@click.option("--device", default="cpu", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(DEVICES),
               help="Where the model runs.")
 def explain(model_uri, paths, out, device):
     """Grad-CAM overlays (PNG, one per image) for any image the reader accepts."""
@@ -362,11 +360,11 @@ def data():
 
 @data.command("synth")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write (Kermany layout).")
-@click.option("--train", "n_train", default=200, show_default=True, type=click.IntRange(2),
+@click.option("--train", "n_train", default=STUDY_SPLIT["n_train"], show_default=True, type=click.IntRange(2),
               help="Train images (half per class).")
-@click.option("--val", "n_val", default=16, show_default=True, type=click.IntRange(2),
+@click.option("--val", "n_val", default=STUDY_SPLIT["n_val"], show_default=True, type=click.IntRange(2),
               help="Validation images (half per class).")
-@click.option("--test", "n_test", default=100, show_default=True, type=click.IntRange(2),
+@click.option("--test", "n_test", default=STUDY_SPLIT["n_test"], show_default=True, type=click.IntRange(2),
               help="Test images (half per class).")
 @click.option("--size", default=None, type=click.IntRange(64, 4096), help="Nominal long side in px.",
               show_default="512")
@@ -452,7 +450,7 @@ def store_repair():
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (loopback by default).")
 @click.option("--port", default=7860, show_default=True, type=int, help="Port to listen on.")
-@click.option("--model-name", default="pneumonia-classifier", show_default=True, help="Registered model to offer.")
+@click.option("--model-name", default=MODEL_NAME, show_default=True, help="Registered model to offer.")
 @click.option("--share", is_flag=True, help="Ask Gradio for a public share link (off by default).")
 def demo(host, port, model_name, share):
     """The Gradio demo (needs the [demo] extra): upload an X-ray, see label, confidence and Grad-CAM."""
@@ -466,7 +464,7 @@ def demo(host, port, model_name, share):
               show_default="none")
 @click.option("--models", default=None, help="Comma-separated subset of models (keys or display names).",
               show_default="all four")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
+@click.option("--device", default="auto", show_default=True, type=click.Choice(DEVICES),
               help="Where to measure.")
 @click.option("--skip-suite", is_flag=True, help="Leave out the whole-suite timing.")
 def bench(quick, no_quick, json_path, models, device, skip_suite):

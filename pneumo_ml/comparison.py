@@ -19,10 +19,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .baseline import IntensityBaseline
-from .metrics import bootstrap_ci, binary_metrics, delong_test, holm, mcnemar, paired_bootstrap_auc, roc_auc
+from .metrics import binary_metrics, bootstrap_ci, delong_test, holm, mcnemar, paired_bootstrap_auc, roc_auc
 from .plots import FIGURE_DPI, draw_confusion, draw_curves, draw_roc, model_colours
+from .vocabulary import NOTICE_SENTENCE
 
-RESEARCH_NOTE = "Research use, not for diagnosis."
+RESEARCH_NOTE = NOTICE_SENTENCE  # its own paragraph, styled as a note
 ALPHA = 0.05
 BASELINE = IntensityBaseline.name
 BASELINE_WEIGHTS = "none (logistic regression on intensity statistics, fitted on the training split)"

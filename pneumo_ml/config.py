@@ -12,33 +12,34 @@ import yaml
 
 from .errors import ConfigError
 from .suggest import did_you_mean, known_model_names
+from .vocabulary import ARCHITECTURES, MODEL_NAME, STUDY_SPLIT, VALIDATION_METRICS
 
-MODEL_NAMES = ("small_cnn", "resnet50", "vit_tiny", "densenet121")
+MODEL_NAMES = ARCHITECTURES
 LOSSES = ("ce", "weighted_ce", "focal")
 PRETRAINED = ("auto", "true", "false")
 DEVICES = ("auto", "cpu", "cuda")
 SAMPLERS = ("shuffle", "balanced")  # balanced: class-balanced batches, stronger augmentation of the minority
-MONITORS = {"val_loss": "min", "val_auc": "max", "val_accuracy": "max"}
+MONITORS = VALIDATION_METRICS  # name -> higher is better
 
 
 @dataclass(frozen=True)
 class Config:
-    # What to train: the seed's defaults (ResNet50_Aug).
+    # What to train: the study's defaults (ResNet50_Aug).
     name: str = "ResNet50_Aug"
     model: str = "resnet50"
     aug: bool = True
     pretrained: str = "auto"  # auto: ImageNet weights when they can be had offline, else random (logged)
     weights: str | None = None  # a local state dict / timm checkpoint; wins over `pretrained`
-    # Data: the seed protocol, 200/16/100 stratified, patient-grouped.
+    # Data: the study's protocol, stratified, patient-grouped.
     data: str = "synthetic"
-    n_train: int = 200
-    n_val: int = 16
-    n_test: int = 100
+    n_train: int = STUDY_SPLIT["n_train"]
+    n_val: int = STUDY_SPLIT["n_val"]
+    n_test: int = STUDY_SPLIT["n_test"]
     image_size: int = 224
     synthetic_difficulty: float | None = None  # None: pneumo_ml.synthetic.DEFAULT_DIFFICULTY
     skip_bad: bool = False  # unreadable files stop the run unless this is set
     allow_leaks: bool = False  # files or bytes shared across splits stop the run unless this is set (logged)
-    # Optimisation: the seed's 5 epochs, batch 32, Adam 1e-4, cross-entropy.
+    # Optimisation: the study's 5 epochs, batch 32, Adam 1e-4, cross-entropy.
     epochs: int = 5
     batch_size: int = 32
     lr: float = 1e-4
@@ -62,7 +63,7 @@ class Config:
     bootstrap: int = 1000
     gradcam_images: int = 8
     register: bool = True
-    registered_model_name: str = "pneumonia-classifier"
+    registered_model_name: str = MODEL_NAME
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -115,7 +116,7 @@ def experiment_path(name: str) -> Path:
 
 
 def default_experiment(model: str | None, aug: bool | None) -> Path | None:
-    """The seed's YAML for a model (and, for resnet50, its aug variant); None when there is none."""
+    """The study's YAML for a model (and, for resnet50, its aug variant); None when there is none."""
     model = model or Config.model
     candidates = [f"{model}_{'aug' if aug is not False else 'noaug'}", model]
     for name in candidates:

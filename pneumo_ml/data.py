@@ -1,4 +1,4 @@
-"""Data sources and the seed protocol: a split table (path, label, patient, split) from any source.
+"""Data sources and the study's protocol: a split table (path, label, patient, split) from any source.
 
 Sources: `synthetic` (generated once into the cache folder), a Kermany-layout folder
 (ROOT/{train,val,test}/{NORMAL,PNEUMONIA} or ROOT/{NORMAL,PNEUMONIA}), or a CSV manifest
@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
+from .vocabulary import CLASSES
 
 log = logging.getLogger(__name__)
 
-CLASSES = ("NORMAL", "PNEUMONIA")
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"}
 SPLIT_COLUMNS = ["path", "label", "target", "patient_id", "split", "mask"]
@@ -61,7 +61,7 @@ def patient_id(path: str | Path) -> str:
 
 def load_split(data: str, *, n_train: int, n_val: int, n_test: int, seed: int = 0,
                synthetic_difficulty: float | None = None) -> SplitTable:
-    """The seed protocol on any source: n_* images per split (0 = all there are), half per class."""
+    """The study's protocol on any source: n_* images per split (0 = all there are), half per class."""
     counts = {"train": n_train, "val": n_val, "test": n_test}
     if data == "synthetic":
         root = ensure_synthetic(n_train=n_train, n_val=n_val, n_test=n_test, seed=seed,
@@ -129,7 +129,7 @@ def read_manifest(path: Path) -> pd.DataFrame:
     """A CSV `path,label[,patient_id,split[,mask]]`; relative paths are relative to the CSV's folder."""
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except Exception as e:  # noqa: BLE001 - pandas raises many kinds
+    except Exception as e:
         raise DataError(f"{path}: not a readable CSV manifest ({e.__class__.__name__}: {e})") from e
     missing_cols = {"path", "label"} - set(frame.columns)
     if missing_cols:

@@ -16,18 +16,18 @@ from pathlib import Path
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: it must not call home
 
-import gradio as gr  # noqa: E402
-import numpy as np  # noqa: E402
+import gradio as gr
+import numpy as np
 
-from . import preprocess, tracking  # noqa: E402
-from .errors import TrackingError  # noqa: E402
-from .io import ImageReadError  # noqa: E402
-from .payload import SAMPLES  # noqa: E402
-from .predictor import NOTICE  # noqa: E402
+from . import preprocess, tracking
+from .errors import TrackingError
+from .io import ImageReadError
+from .payload import SAMPLES
+from .vocabulary import CHALLENGER, CHAMPION, MODEL_NAME, NOTICE
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME = tracking.MODEL_NAME
+
 FILE_TYPES = [".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".bmp", ".tif", ".tiff"]
 ATTRIBUTION = ("Examples: real radiographs from Kermany, Zhang & Goldbaum (2018), *Labeled Optical Coherence "
                "Tomography (OCT) and Chest X-Ray Images for Classification*, Mendeley Data v2, "
@@ -35,7 +35,7 @@ ATTRIBUTION = ("Examples: real radiographs from Kermany, Zhang & Goldbaum (2018)
                "unchanged files, see `pneumo_ml/samples/NOTICE.md`.")
 DISPLAY_MAX = 768  # longest side of the radiograph and overlay shown in the page
 MAX_FILE_SIZE = "200mb"
-ALIAS_ORDER = ("champion", "challenger")
+ALIAS_ORDER = (CHAMPION, CHALLENGER)
 FLAT_MAP = "the map is flat: no region stands out as evidence for this prediction"
 TRAIN_HINT = ("Train and register one first: `pneumo-ml suite` (the four experiments, champion promoted) or "
               "`pneumo-ml train --model small_cnn`, with the same `MLFLOW_TRACKING_URI`; then click "
@@ -75,9 +75,9 @@ def model_choices(model_name: str = MODEL_NAME) -> tuple[list[ModelChoice], str 
             label += f" · val AUC {auc:.3f}"
         entries.append(ModelChoice(label, f"models:/{model_name}/{v.version}"))
     newest = max(versions, key=lambda v: int(v.version)).version
-    default = f"models:/{model_name}@champion" if "champion" in aliases else f"models:/{model_name}/{newest}"
+    default = f"models:/{model_name}@{CHAMPION}" if CHAMPION in aliases else f"models:/{model_name}/{newest}"
     status = (f"{len(versions)} registered version{'s' if len(versions) != 1 else ''} of `{model_name}` in "
-              f"`{store}`" + (f"; @champion → v{aliases['champion']}" if "champion" in aliases else "") + ".")
+              f"`{store}`" + (f"; @{CHAMPION} → v{aliases[CHAMPION]}" if CHAMPION in aliases else "") + ".")
     return entries, default, status
 
 

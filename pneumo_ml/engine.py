@@ -20,6 +20,7 @@ from . import distributed
 from .loaders import BatchLoader
 from .metrics import roc_auc
 from .transforms import BatchTransform
+from .vocabulary import VALIDATION_METRICS
 
 
 class NonFiniteLossError(RuntimeError):
@@ -43,7 +44,7 @@ class FocalLoss(nn.Module):
 
 
 def make_loss(name: str, class_counts: list[int], gamma: float = 2.0) -> nn.Module:
-    """ce (the seed's), weighted_ce or focal; the weights are inverse class frequencies of the train split."""
+    """ce (the study's), weighted_ce or focal; the weights are inverse class frequencies of the train split."""
     counts = torch.tensor(class_counts, dtype=torch.float32).clamp(min=1)
     weight = counts.sum() / (len(counts) * counts)
     if name == "ce":
@@ -166,7 +167,7 @@ def fit(model: nn.Module, train_loader: BatchLoader, val_loader: BatchLoader, op
         on_epoch_end: Callable[[FitState, dict[str, float]], None] | None = None) -> FitState:
     """Train for `epochs`, early-stop on `monitor`, and restore the best epoch's weights at the end."""
     state = state or FitState()
-    sign = 1.0 if monitor == "val_loss" else -1.0  # lower is better after multiplying
+    sign = -1.0 if VALIDATION_METRICS[monitor] else 1.0  # lower is better after multiplying
     for epoch in range(state.epoch, epochs):
         train = train_one_epoch(model, train_loader, optimizer, loss_fn, train_transform, epoch=epoch,
                                 seed=seed, amp=amp, progress=progress)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .ood import Reference, STATS_FILE
+from .ood import STATS_FILE, Reference
 from .predictor import ModelCard, Predictor
 from .preprocess import decode_resized, resize_xray
 

@@ -20,8 +20,8 @@ from sklearn.metrics import log_loss
 
 from . import metrics, tracking
 from .comparison import Outcome
-from .ensemble import ARCHITECTURE, CARD_FILE, NAME, EnsembleCard, EnsembleError, mean_probabilities, write_folder
 from .config import seed_suffix
+from .ensemble import ARCHITECTURE, CARD_FILE, NAME, EnsembleCard, EnsembleError, mean_probabilities, write_folder
 from .io import ImageReadError, read_xray
 from .promotion import COMPARABILITY_TAGS, IMAGE_SIZE_TAG, SPLIT_SIZES_TAG
 from .train import log_plots, prediction_table, registry_tags, version_description

@@ -26,11 +26,12 @@ from torch import nn
 from .models import gradcam_layer, unwrap
 from .plots import FIGURE_DPI
 from .transforms import BatchTransform
+from .vocabulary import NOTICE
 
 COLORBAR_LABEL = "Grad-CAM (P(pneumonia) evidence)"
 COLORMAP = "inferno"  # perceptually uniform: equal steps of evidence look like equal steps of colour
 MASK_COLOUR = "cyan"  # the lesion's outline, where the data set provides a mask
-FOOTER = "research use, not for diagnosis"
+FOOTER = NOTICE  # under every figure
 LESION_MIN, LUNG_MIN = 192, 64  # mask values: 0 outside the lungs, 128 lung field, 255 lesion
 
 
@@ -308,18 +309,15 @@ def localisation_scores(heatmaps, masks, *, tolerance_px: int | None = None) -> 
 
     Only images whose mask has a lesion are scored (`cam_images` of them); scores are NaN when there are none.
     """
-    scored = list(_scored(heatmaps, masks))
-    resized = [mask for _, _, mask in scored]
-    hits = [_hit(h, lesion, tolerance_px) for h, lesion, _ in scored]
-    shares = [_energy(h, lesion) for h, lesion, _ in scored]
+    heatmaps, masks = _as_list(heatmaps), _as_list(masks)  # iterated three times below
+    resized = [mask for _, _, mask in _scored(heatmaps, masks)]
     base = uniform_baseline(resized, tolerance_px=tolerance_px)
-    nan = float("nan")
     return {
-        "cam_pointing_game": float(np.mean(hits)) if hits else nan,
-        "cam_energy_in_mask": float(np.mean(shares)) if shares else nan,
+        "cam_pointing_game": pointing_game(heatmaps, masks, tolerance_px=tolerance_px),
+        "cam_energy_in_mask": energy_in_mask(heatmaps, masks),
         "cam_pointing_game_uniform": base["pointing_game"],
         "cam_energy_in_mask_uniform": base["energy_in_mask"],
-        "cam_images": len(scored),
+        "cam_images": len(resized),
     }
 
 

@@ -96,7 +96,7 @@ def _prefetched(iterator, depth: int = 2):
         try:
             for item in iterator:
                 queue.put(item)
-        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+        except BaseException as e:
             queue.put(e)
         queue.put(done)
 

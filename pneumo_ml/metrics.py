@@ -79,7 +79,7 @@ def binary_metrics(y, p, threshold: float = 0.5) -> dict[str, float]:
 def youden_threshold(y, p) -> float:
     """The threshold maximising sensitivity + specificity − 1 (midpoint between neighbouring scores).
 
-    The seed's ResNets reached AUC 0.93 at accuracy 0.52: their scores ranked well but sat on one side of 0.5.
+    The study's ResNets reached AUC 0.93 at accuracy 0.52: their scores ranked well but sat on one side of 0.5.
     """
     y, p = np.asarray(y), np.asarray(p, dtype=np.float64)
     if len(np.unique(y)) < 2:

@@ -22,7 +22,7 @@ NUM_CLASSES = 2
 
 
 class SmallCNN(nn.Module):
-    """The seed's from-scratch baseline: four conv blocks, global pooling, a linear head."""
+    """The study's from-scratch baseline: four conv blocks, global pooling, a linear head."""
 
     def __init__(self, num_classes: int = NUM_CLASSES, widths: tuple[int, ...] = (32, 64, 128, 128), drop: float = 0.3):
         super().__init__()
@@ -35,7 +35,8 @@ class SmallCNN(nn.Module):
             ))
             in_ch = width
         self.features = nn.Sequential(*blocks)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(drop), nn.Linear(in_ch, num_classes))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(drop),
+                                  nn.Linear(in_ch, num_classes))
         self.pretrained_cfg = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "architecture": "small_cnn"}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -123,7 +124,7 @@ def _with_imagenet_weights(spec: ModelSpec, image_size: int, required: bool) -> 
             model = timm.create_model(spec.timm_name, pretrained=True, num_classes=NUM_CLASSES, **sized)
         else:
             raise WeightsError("not in the local cache and the hub is offline or unreachable")
-    except Exception as e:  # noqa: BLE001 - any failure to get weights is reported the same way
+    except Exception as e:
         reason = str(e).splitlines()[0] if str(e) else e.__class__.__name__
         message = (f"cannot load ImageNet weights for {spec.timm_name} ({reason}); "
                    f"pass --weights FILE (a local state dict) or --pretrained false")
@@ -172,7 +173,7 @@ def load_weights_file(model: nn.Module, path: Path) -> str:
             state = load_tensors(path)
     except TensorFileError as e:
         raise WeightsError(str(e)) from None
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise WeightsError(f"{path}: not a loadable weights file ({str(e).splitlines()[0][:200]})") from e
     for key in ("state_dict_ema", "state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):

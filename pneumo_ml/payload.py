@@ -8,7 +8,7 @@ import pandas as pd
 
 from .errors import DataError
 from .inputs import expand_paths
-from .predictor import LABELS
+from .vocabulary import CLASSES
 
 SAMPLES = Path(__file__).resolve().parent / "samples"  # real radiographs installed with the package
 
@@ -35,9 +35,9 @@ def request_body(paths, params: dict | None = None) -> dict:
 
 def labelled_frame(root) -> pd.DataFrame:
     """`image` (base64) and `target` (the folder name) for every image under ROOT/NORMAL and ROOT/PNEUMONIA."""
-    folders = [Path(root) / label for label in LABELS]
+    folders = [Path(root) / label for label in CLASSES]
     missing = [str(f) for f in folders if not f.is_dir()]
     if missing:
-        raise DataError(f"{root}: expected the folders {', '.join(LABELS)} (missing: {', '.join(missing)})")
-    rows = [(cell, label) for label, folder in zip(LABELS, folders) for cell in image_cells([folder])]
+        raise DataError(f"{root}: expected the folders {', '.join(CLASSES)} (missing: {', '.join(missing)})")
+    rows = [(cell, label) for label, folder in zip(CLASSES, folders) for cell in image_cells([folder])]
     return pd.DataFrame(rows, columns=["image", "target"])

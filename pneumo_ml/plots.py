@@ -8,8 +8,8 @@ from sklearn.metrics import precision_recall_curve
 from sklearn.metrics import roc_curve as sk_roc_curve
 
 from .metrics import confusion
+from .vocabulary import CLASSES
 
-CLASS_NAMES = ("NORMAL", "PNEUMONIA")
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf")  # matplotlib's tab10
 
@@ -31,8 +31,8 @@ def draw_confusion(ax, y, p, threshold: float, title: str) -> None:
     for (i, j), value in np.ndenumerate(matrix):
         colour = "white" if value > matrix.max() / 2 else "black"
         ax.text(j, i, str(value), ha="center", va="center", fontsize=13, color=colour)
-    ax.set_xticks([0, 1], CLASS_NAMES)
-    ax.set_yticks([0, 1], CLASS_NAMES)
+    ax.set_xticks([0, 1], CLASSES)
+    ax.set_yticks([0, 1], CLASSES)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=10)

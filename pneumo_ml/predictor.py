@@ -21,10 +21,9 @@ from .ood import Reference, not_a_radiograph, penultimate, warning
 from .preprocess import decode_resized
 from .tensorfile import load_tensors
 from .transforms import BatchTransform
+from .vocabulary import CLASSES
 
-NOTICE = "research use, not for diagnosis"
 IMAGE_SIZES = (16, 4096)  # a card's input size outside this is a damaged card, not a model
-LABELS = ("NORMAL", "PNEUMONIA")
 
 
 @dataclass
@@ -161,7 +160,7 @@ class Predictor:
         results = []
         for i, p in enumerate(probs):
             positive = p >= threshold
-            row = {"label": LABELS[int(positive)], "probability": float(p),
+            row = {"label": CLASSES[int(positive)], "probability": float(p),
                    "confidence": float(p if positive else 1 - p), "threshold": threshold,
                    "model": self.card.name, "ood_score": float(scores[i]), "warning": warning(reasons[i], scores[i])}
             if maps is not None:

@@ -8,7 +8,7 @@ from .io import read_xray
 
 
 def resize_xray(image: np.ndarray, size: int) -> np.ndarray:
-    """Squash to size×size like the seed's Resize((224, 224)): nothing is cropped away."""
+    """Squash to size×size like the study's Resize((224, 224)): nothing is cropped away."""
     if image.shape == (size, size):
         return np.ascontiguousarray(image, dtype=np.uint8)
     resized = Image.fromarray(image).resize((size, size), Image.BILINEAR, reducing_gap=2.0)

@@ -7,8 +7,7 @@ import math
 from dataclasses import dataclass, replace
 
 from .errors import ConfigError
-
-VALIDATION_METRICS = {"val_auc": True, "val_accuracy": True, "val_loss": False}  # name -> higher is better
+from .vocabulary import VALIDATION_METRICS
 
 # Version tags that make two validation figures comparable: written at registration, read by promotion.
 SPLIT_DIGEST_TAG = "split_digest"      # content digest of the split: every image, label and split name

@@ -19,12 +19,13 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from .io import ImageReadError, decoded_pixels, max_image_pixels
 from .ood import Reference
 from .predictor import Predictor
+from .vocabulary import PREDICTION_FIELDS
 
 MAX_ROWS = 64  # per request; PNEUMO_ML_MAX_ROWS overrides. Pixels per image: pneumo_ml.io.MAX_PIXELS.
 # Decoded pixels per request; PNEUMO_ML_MAX_REQUEST_PIXELS overrides. 64 chest films of up to 4 MP pass; the
 # decoding work one request can ask for stays bounded (a 50 MP PNG costs over a second of CPU).
 MAX_REQUEST_PIXELS = 256_000_000
-OUTPUT_COLUMNS = ["label", "probability", "confidence", "threshold", "model", "ood_score", "warning"]
+OUTPUT_COLUMNS = list(PREDICTION_FIELDS)
 ERROR_MODES = ("request", "row")  # param `errors`: one bad row fails the request (default), or only its own row
 OUTPUTS = ("table", "label")  # param `output`: every column (default), or the labels alone (mlflow.models.evaluate)
 # name: (MLflow type, default)

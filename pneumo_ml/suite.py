@@ -1,4 +1,4 @@
-"""The seed's four experiments as child runs of one parent run: one split, one decoded-image cache, compared
+"""The study's four experiments as child runs of one parent run: one split, one decoded-image cache, compared
 with intervals and paired tests, every model registered, the validation winner promoted."""
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from . import comparison, config as config_mod, devices, tracking
+from . import comparison, devices, tracking
+from . import config as config_mod
 from .baseline import IntensityBaseline
 from .config import Config, experiment_name, seed_suffix
 from .ensemble import NAME as ENSEMBLE_NAME
@@ -21,7 +22,9 @@ from .ensemble_run import build_ensemble
 from .errors import ConfigError
 from .metrics import roc_auc, youden_threshold
 from .promotion import Candidate, check_metric, rank_experiments
+from .timing import stage
 from .train import ExperimentResult, PreparedData, prepare_data, run_experiment
+from .vocabulary import PROMOTION_DEFAULTS
 
 log = logging.getLogger(__name__)
 SUITE_KEYS = {"experiments", "seeds", "protocol", "promotion", "quick", "ensemble"}
@@ -33,8 +36,7 @@ class SuiteConfig:
     experiments: tuple[str, ...]
     seeds: tuple[int, ...] = (42,)
     protocol: dict = field(default_factory=dict)  # config keys applied to every experiment
-    promotion: dict = field(default_factory=lambda: {"metric": "val_auc", "margin": 0.0, "alias": "champion",
-                                                     "challenger": "challenger"})
+    promotion: dict = field(default_factory=lambda: dict(PROMOTION_DEFAULTS))
     quick: dict = field(default_factory=dict)  # what --quick overrides
     ensemble: tuple[str, ...] = ()  # experiments whose models are combined into an `Ensemble` run (none: no ensemble)
 
@@ -104,8 +106,8 @@ def experiment_config(suite: SuiteConfig, experiment: str, seed: int, *, quick: 
     return cfg
 
 
-def run_suite(suite: SuiteConfig, *, quick: bool = False, progress: bool = True, resume_run_id: str | None = None,
-              suite_path: str | None = None) -> SuiteResult:
+def run_suite(suite: SuiteConfig, *, quick: bool = False, progress: bool = True,
+              resume_run_id: str | None = None) -> SuiteResult:
     start = time.perf_counter()
     configs = [experiment_config(suite, name, seed, quick=quick) for name, seed in plan(suite)]
     timings: dict[str, float] = {}
@@ -139,9 +141,8 @@ def run_suite(suite: SuiteConfig, *, quick: bool = False, progress: bool = True,
                 print(f"[{configs.index(cfg) + 1}/{len(configs)}] {cfg.name}", file=sys.stderr, flush=True)
             outcomes.append(_run_child(cfg, data, parent.run_id, resume_child, progress, timings))
         if suite.ensemble:
-            t0 = time.perf_counter()
-            outcomes += _ensembles(suite, configs, outcomes, parent.run_id, previous)
-            timings["ensemble_s"] = time.perf_counter() - t0
+            with stage(timings, "ensemble_s"):
+                outcomes += _ensembles(suite, configs, outcomes, parent.run_id, previous)
         finished = [o for o in outcomes if o.status == "FINISHED"]
         result = SuiteResult(parent.run_id, outcomes, None, None, timings)
         if any(o.version for o in finished):
@@ -221,7 +222,7 @@ def _ensembles(suite: SuiteConfig, configs: list[Config], outcomes: list[compari
             made.append(build_ensemble(uris, name=name, parent_run_id=parent_run_id, register=cfg.register,
                                        registered_model_name=cfg.registered_model_name, bootstrap=cfg.bootstrap,
                                        seed=seed).outcome)
-        except Exception as e:  # noqa: BLE001 - the experiments' results stand without it
+        except Exception as e:
             reason = str(e).splitlines()[0] if str(e) else e.__class__.__name__
             log.error("%s failed: %s", name, reason)
             made.append(comparison.Outcome(ENSEMBLE_NAME, seed, "", "FAILED",
@@ -236,7 +237,7 @@ def _run_child(cfg: Config, data, parent_run_id: str, resume_child: str | None, 
                                 progress=progress)
     except KeyboardInterrupt:
         raise
-    except Exception as e:  # noqa: BLE001 - one experiment failing must not lose the others
+    except Exception as e:
         reason = str(e).splitlines()[0] if str(e) else e.__class__.__name__
         log.error("%s failed: %s", cfg.name, reason)
         return comparison.Outcome(experiment_name(cfg), cfg.seed, "", "FAILED",

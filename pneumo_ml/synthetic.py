@@ -26,10 +26,11 @@ from PIL import Image, ImageDraw
 from scipy.ndimage import gaussian_filter
 from tqdm import tqdm
 
+from .vocabulary import CLASSES, STUDY_SPLIT
+
 DEFAULT_SIZE = 512
 DEFAULT_DIFFICULTY = 0.3
 PATTERNS = ("lobar", "patchy", "interstitial")
-CLASSES = ("NORMAL", "PNEUMONIA")
 MASK_LUNG, MASK_LESION = 128, 255
 WORK_LONG = 256  # anatomy is smooth: build it on a small grid, upsample, add noise at full size
 
@@ -499,8 +500,9 @@ def _umask() -> int:
     return mask
 
 
-def write_dataset(out, *, n_train=200, n_val=16, n_test=100, seed=0, size=DEFAULT_SIZE,
-                  difficulty=DEFAULT_DIFFICULTY, image_format="png", workers=1, progress=True) -> pd.DataFrame:
+def write_dataset(out, *, n_train=STUDY_SPLIT["n_train"], n_val=STUDY_SPLIT["n_val"], n_test=STUDY_SPLIT["n_test"],
+                  seed=0, size=DEFAULT_SIZE, difficulty=DEFAULT_DIFFICULTY, image_format="png", workers=1,
+                  progress=True) -> pd.DataFrame:
     """Write a Kermany-layout data set with lesion masks and manifest.csv; return the manifest.
 
     Layout: out/{train,val,test}/{NORMAL,PNEUMONIA}/<name>.<png|jpeg>, masks as PNG under

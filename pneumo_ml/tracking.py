@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import tempfile
 import time
-import re
 import warnings
 from importlib import metadata
 from pathlib import Path
@@ -29,7 +30,9 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 
 from . import integrity, procs, store
+from .code_closure import imported_modules
 from .errors import TrackingError
+from .vocabulary import CLASSES, EXPERIMENT, MODEL_NAME, NOTICE_SENTENCE, PREDICTION_FIELDS, PROMOTION_DEFAULTS
 
 log = logging.getLogger(__name__)
 # MLflow's advice that does not apply here: the pyfunc has an explicit signature (no type hints needed), the
@@ -38,8 +41,6 @@ for _hint in ("type hints to the `predict` method", "Any type hint is inferred",
               "can be interpreted in multiple ways"):
     warnings.filterwarnings("ignore", message=f".*{re.escape(_hint)}.*")
 
-EXPERIMENT = "pneumonia-detection"
-MODEL_NAME = "pneumonia-classifier"
 PACKAGE_DIR = Path(__file__).resolve().parent
 SERVING_REQUIREMENTS = ("torch", "torchvision", "timm", "numpy", "pandas", "pillow", "pydicom", "scipy",
                         "captum", "matplotlib", "mlflow")
@@ -232,13 +233,16 @@ class RunLogger:
             raise TrackingError(f"run {self.run_id}: no artifact {artifact_path!r}") from e
 
     def log_model(self, artifacts: dict[str, Path], example_png: bytes) -> str:
-        """The pyfunc (models-from-code; the package's code alongside, so the model runs as it was trained);
+        """The pyfunc (models-from-code; the package modules it imports alongside, so the model runs as it was
+        trained);
         returns its model URI. `artifacts`: weights, model_card and ood_stats files, or an ensemble folder."""
         import base64
         example = pd.DataFrame({"image": [base64.b64encode(example_png).decode("ascii")]})
         with tempfile.TemporaryDirectory() as tmp:
             code = Path(tmp) / "pneumo_ml"
-            shutil.copytree(PACKAGE_DIR, code, ignore=shutil.ignore_patterns("__pycache__", "samples", "*.pyc"))
+            code.mkdir()
+            for module in imported_modules("pyfunc_model") | {"__init__"}:
+                shutil.copy2(PACKAGE_DIR / f"{module}.py", code)
             # The model record goes in its run's experiment (by default MLflow files it under "Default").
             logged = mlflow.initialize_logged_model(name="model", source_run_id=self.run_id,
                                                     experiment_id=self.client.get_run(self.run_id).info.experiment_id)
@@ -279,9 +283,7 @@ class NoRun:
 def serving_signature() -> ModelSignature:
     return ModelSignature(
         inputs=Schema([ColSpec("string", "image")]),
-        outputs=Schema([ColSpec("string", "label"), ColSpec("double", "probability"),
-                        ColSpec("double", "confidence"), ColSpec("double", "threshold"),
-                        ColSpec("string", "model"), ColSpec("double", "ood_score"), ColSpec("string", "warning"),
+        outputs=Schema([*(ColSpec(kind, name) for name, kind in PREDICTION_FIELDS.items()),
                         ColSpec("string", "gradcam_png", required=False),
                         ColSpec("string", "error", required=False)]),
         params=ParamSchema([ParamSpec(name, kind, default) for name, (kind, default) in request_params().items()]),
@@ -341,7 +343,8 @@ def start_run(run_name: str, *, parent_run_id: str | None = None, resume_run_id:
         raise
     except BaseException as e:
         with contextlib.suppress(Exception):
-            logger.set_tags({"pneumo_ml.error": f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]})
+            first_line = str(e).splitlines()[0] if str(e) else ""
+            logger.set_tags({"pneumo_ml.error": f"{e.__class__.__name__}: {first_line}"[:500]})
         logger.end("FAILED")
         raise
     else:
@@ -418,8 +421,8 @@ def child_runs(parent_run_id: str) -> list:
 # --- registry -------------------------------------------------------------------------------------------
 
 MODEL_DESCRIPTION = (
-    "Chest X-ray classifier, NORMAL vs PNEUMONIA, trained, evaluated and registered by pneumo-ml. Research use, "
-    "not for diagnosis. Each version's description names its experiment, data, weights and test figures (with "
+    f"Chest X-ray classifier, {' vs '.join(CLASSES)}, trained, evaluated and registered by pneumo-ml. "
+    f"{NOTICE_SENTENCE} Each version's description names its experiment, data, weights and test figures (with "
     "patient-level 95 % intervals); its tags hold the validation figures promotion ranks it by. `pneumo-ml promote` "
     "points @champion at the version with the best validation metric among versions evaluated on the same split "
     "(never by a test metric), and @challenger at the runner-up.")
@@ -479,15 +482,10 @@ def _retry_on_unique_clash(call, attempts: int = 5):
             time.sleep(0.2 * (attempt + 1))
 
 
-def delete_alias(name: str, alias: str) -> None:
-    with contextlib.suppress(MlflowException):
-        client().delete_registered_model_alias(name, alias)
-
-
 def set_version_tags(name: str, version: str, tags: dict[str, Any]) -> None:
     c = client()
     for key, value in tags.items():
-        _retry_on_unique_clash(lambda: c.set_model_version_tag(name, str(version), key, str(value)))
+        _retry_on_unique_clash(functools.partial(c.set_model_version_tag, name, str(version), key, str(value)))
 
 
 def model_aliases(name: str = MODEL_NAME) -> dict[str, str]:
@@ -640,8 +638,9 @@ def ui_hint() -> str:
 
 
 
-def promote(name: str = MODEL_NAME, *, metric: str = "val_auc", alias: str = "champion", margin: float = 0.0,
-            challenger: str | None = "challenger", experiments: dict[str, str] | None = None):
+def promote(name: str = MODEL_NAME, *, metric: str = PROMOTION_DEFAULTS["metric"],
+            alias: str = PROMOTION_DEFAULTS["alias"], margin: float = PROMOTION_DEFAULTS["margin"],
+            challenger: str | None = PROMOTION_DEFAULTS["challenger"], experiments: dict[str, str] | None = None):
     """Set `alias` on the validation winner among comparable versions if it beats the current holder by
     `margin`; `challenger` on the runner-up; the decision and its reason go on the winner's version tags.
     `experiments` (version -> experiment, a suite's versions) ranks those by experiment (promotion.decide)."""
@@ -680,3 +679,49 @@ def _version_figure(version, metric: str) -> float:
         return float(version.tags[metric]) if metric in version.tags else math.nan
     except ValueError:
         return math.nan
+
+
+def load_pyfunc(uri: str):
+    return mlflow.pyfunc.load_model(uri)
+
+
+@contextlib.contextmanager
+def isolated_store(tmp: Path) -> Iterator[None]:
+    """A temporary SQLite tracking store and registry, data cache and working folder under `tmp`; all restored.
+
+    The working folder moves too: a SQLite store's default artifact root (experiment 0's) is ./mlruns of the
+    working folder, so nothing may be left there. ./experiments stays visible through a link, so the suite reads
+    the same YAML files.
+    """
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "PNEUMO_ML_CACHE", "MLFLOW_RUN_ID")
+    saved_env = {k: os.environ.get(k) for k in keys}
+    saved_uris = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    saved_cwd = Path.cwd()
+    work = tmp / "work"
+    work.mkdir()
+    if (saved_cwd / "experiments").is_dir():
+        (work / "experiments").symlink_to(saved_cwd / "experiments", target_is_directory=True)
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    os.environ.update({"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri, "PNEUMO_ML_CACHE": str(tmp / "cache")})
+    os.environ.pop("MLFLOW_RUN_ID", None)
+    forced = mlflow.get_tracking_uri() != uri  # set programmatically earlier in this process: wins over env
+    if forced:
+        mlflow.set_tracking_uri(uri)
+    forced_registry = mlflow.get_registry_uri() != uri
+    if forced_registry:
+        mlflow.set_registry_uri(uri)
+    os.chdir(work)
+    try:
+        MlflowClient().create_experiment(EXPERIMENT, artifact_location=(tmp / "artifacts").as_uri())
+        yield
+    finally:
+        os.chdir(saved_cwd)
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if forced:
+            mlflow.set_tracking_uri(saved_uris[0])
+        if forced_registry:
+            mlflow.set_registry_uri(saved_uris[1])

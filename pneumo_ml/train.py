@@ -26,8 +26,8 @@ from . import checkpoints, distributed, engine, metrics, plots, tracking
 from .cache import DecodedCache, image_array, shared_cache
 from .config import Config, experiment_name
 from .data import DataError, SplitTable, cache_root, load_split
-from .errors import ConfigError, TrackingError
 from .devices import resolve_device
+from .errors import ConfigError, TrackingError
 from .io import read_xray
 from .loaders import BatchLoader
 from .models import create_model, normalization, unwrap
@@ -35,7 +35,9 @@ from .ood import save_reference
 from .predictor import ModelCard
 from .promotion import comparability_tags
 from .splitcheck import find_leaks
+from .timing import stage
 from .transforms import BatchTransform
+from .vocabulary import CLASSES, NOTICE, NOTICE_SENTENCE
 
 log = logging.getLogger(__name__)
 DATA_SEED = 0  # the split is drawn once: every experiment and every training seed sees the same images
@@ -152,7 +154,8 @@ class Setup:
 
 
 def build(config: Config, data: PreparedData, device: torch.device,
-          world: distributed.World = distributed.World()) -> Setup:
+          world: distributed.World | None = None) -> Setup:
+    world = distributed.World() if world is None else world
     if config.batch_size % world.size:
         raise ConfigError(f"batch_size {config.batch_size} is the global batch: it must divide by the "
                           f"{world.size} processes")
@@ -224,17 +227,16 @@ def run_experiment(config: Config, *, data: PreparedData | None = None, parent_r
             if writer is not None:
                 writer.submit(last_checkpoint["state"])
 
-        start = time.perf_counter()
         try:
-            state = engine.fit(setup.trainable, setup.loaders["train"], setup.loaders["val"], setup.optimizer,
-                               setup.loss_fn, setup.train_tf, setup.eval_tf, epochs=config.epochs, seed=config.seed,
-                               monitor=config.monitor, patience=config.patience, amp=config.amp, progress=progress,
-                               state=state, on_epoch_end=on_epoch_end)
+            with stage(result.timings, "train_s"):
+                state = engine.fit(setup.trainable, setup.loaders["train"], setup.loaders["val"], setup.optimizer,
+                                   setup.loss_fn, setup.train_tf, setup.eval_tf, epochs=config.epochs,
+                                   seed=config.seed, monitor=config.monitor, patience=config.patience,
+                                   amp=config.amp, progress=progress, state=state, on_epoch_end=on_epoch_end)
         except KeyboardInterrupt:
             if "state" in last_checkpoint:
                 _log_checkpoint(run, last_checkpoint["state"])
             raise
-        result.timings["train_s"] = time.perf_counter() - start
         result.history, result.best_epoch = state.history, state.best_epoch
         _evaluate_and_log(run, result, setup, config, data, world)
     if writer is not None:
@@ -328,26 +330,24 @@ def _log_missing_epochs(run: tracking.RunLogger, history: list[dict]) -> None:
 def _evaluate_and_log(run, result: ExperimentResult, setup: Setup, config: Config, data: PreparedData,
                       world: distributed.World) -> None:
     model, loaders, eval_tf = setup.model, setup.loaders, setup.eval_tf
-    start = time.perf_counter()
-    # float32, as the pyfunc serves: the threshold chosen here is the one applied to served probabilities.
-    val = engine.evaluate(model, loaders["val"], None, eval_tf, amp=False)
-    test = engine.evaluate(model, loaders["test"], None, eval_tf, amp=False)
-    threshold = metrics.youden_threshold(val["targets"], val["probs"])
-    result.val, result.test, result.threshold = val, test, threshold
-    final = {"best_epoch": float(result.best_epoch),
-             **metrics.evaluation_metrics(val, test, threshold, data.split.part("test")["patient_id"].to_numpy(),
-                                          n_boot=config.bootstrap, seed=config.seed)}
-    result.timings["evaluate_s"] = time.perf_counter() - start
+    with stage(result.timings, "evaluate_s"):
+        # float32, as the pyfunc serves: the threshold chosen here is the one applied to served probabilities.
+        val = engine.evaluate(model, loaders["val"], None, eval_tf, amp=False)
+        test = engine.evaluate(model, loaders["test"], None, eval_tf, amp=False)
+        threshold = metrics.youden_threshold(val["targets"], val["probs"])
+        result.val, result.test, result.threshold = val, test, threshold
+        patients = data.split.part("test")["patient_id"].to_numpy()
+        final = {"best_epoch": float(result.best_epoch),
+                 **metrics.evaluation_metrics(val, test, threshold, patients, n_boot=config.bootstrap,
+                                              seed=config.seed)}
     result.metrics = final
     if not world.is_main:  # figures, Grad-CAM and the model come from rank 0 alone
         return
-    start = time.perf_counter()
-    log_plots(run, config.name, result.val, result.test, result.threshold, result.history, result.best_epoch,
-              (final["test_auc_ci_low"], final["test_auc_ci_high"]))
-    result.timings["plots_s"] = time.perf_counter() - start
-    start = time.perf_counter()
-    final.update(_log_gradcam(run, model, eval_tf, config, data, test, threshold))
-    result.timings["gradcam_s"] = time.perf_counter() - start
+    with stage(result.timings, "plots_s"):
+        log_plots(run, config.name, result.val, result.test, result.threshold, result.history, result.best_epoch,
+                  (final["test_auc_ci_low"], final["test_auc_ci_high"]))
+    with stage(result.timings, "gradcam_s"):
+        final.update(_log_gradcam(run, model, eval_tf, config, data, test, threshold))
     run.log_metrics(final)
     # secondary figures after the headline ones, so that the run page's overview lists those first
     run.log_metrics({"n_skipped": float(len(data.skipped)), "data_seconds": data.seconds})
@@ -357,14 +357,13 @@ def _evaluate_and_log(run, result: ExperimentResult, setup: Setup, config: Confi
     for name, part in (("test", test), ("val", val)):
         run.log_table(prediction_table(data.split.part(name), part["probs"], threshold),
                       f"predictions/{name}_predictions.csv")
-    start = time.perf_counter()
-    _log_and_register_model(run, result, setup, config, data)
-    result.timings["model_logging_s"] = time.perf_counter() - start
+    with stage(result.timings, "model_logging_s"):
+        _log_and_register_model(run, result, setup, config, data)
 
 
 def prediction_table(frame: pd.DataFrame, probs: np.ndarray, threshold: float) -> pd.DataFrame:
     """One row per image: its file, label, P(pneumonia) and the label at 0.5 and at the validation threshold."""
-    labels = np.array(plots.CLASS_NAMES)
+    labels = np.array(CLASSES)
     return frame.assign(probability=probs, predicted_at_0_5=labels[(probs >= 0.5).astype(int)],
                         predicted_at_val_threshold=labels[(probs >= threshold).astype(int)])
 
@@ -406,8 +405,8 @@ def _log_gradcam(run, model, eval_tf, config: Config, data: PreparedData, test: 
     wanted = sorted({i for i, _ in picks} | set(masked))
     maps = dict(zip(wanted, explain.gradcam(unwrap(model), config.model, images[wanted], eval_tf, target=1)))
     index = [i for i, _ in picks]
-    titles = [f"{kind}  true {plots.CLASS_NAMES[test['targets'][i]]}\n"
-              f"pred {plots.CLASS_NAMES[int(test['probs'][i] >= threshold)]}  p={test['probs'][i]:.3f}"
+    titles = [f"{kind}  true {CLASSES[test['targets'][i]]}\n"
+              f"pred {CLASSES[int(test['probs'][i] >= threshold)]}  p={test['probs'][i]:.3f}"
               for i, kind in picks]
     outlines = [read_xray(part["mask"].iloc[i]) if isinstance(part["mask"].iloc[i], str) else None for i in index]
     run.log_figure(explain.gradcam_grid(images[index], [maps[i] for i in index], titles, masks=outlines),
@@ -482,8 +481,7 @@ def version_description(what: str, data: str, sizes: str, weights_source: str, t
     return (f"{what}. Data: {data}, {sizes} train/val/test images. Weights: {weights_source}. Test AUC "
             f"{figure('test_auc')}; at the validation threshold {threshold:.3f}: accuracy "
             f"{figure('test_tuned_accuracy')}, sensitivity {figure('test_tuned_sensitivity')}, specificity "
-            f"{figure('test_tuned_specificity')} (patient-level 95 % bootstrap intervals). Research use, not for "
-            f"diagnosis.")
+            f"{figure('test_tuned_specificity')} (patient-level 95 % bootstrap intervals). {NOTICE_SENTENCE}")
 
 
 def summary_table(result: ExperimentResult) -> str:
@@ -506,5 +504,5 @@ def summary_table(result: ExperimentResult) -> str:
                      f"(uniform map {m['cam_pointing_game_uniform']:.2f}), energy in lesion "
                      f"{m['cam_energy_in_mask']:.2f} (uniform {m['cam_energy_in_mask_uniform']:.2f})")
     lines.append("  test figures on the test split (95 % intervals: patients resampled within each class); "
-                 "research use, not for diagnosis")
+                 f"{NOTICE}")
     return "\n".join(lines)

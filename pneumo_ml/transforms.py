@@ -10,7 +10,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-# The seed's torchvision augmentations: RandomHorizontalFlip, RandomRotation(10), ColorJitter(brightness=0.2).
+# The study's torchvision augmentations: RandomHorizontalFlip, RandomRotation(10), ColorJitter(brightness=0.2).
 ROTATION_DEG = 10.0
 BRIGHTNESS = 0.2
 # sampler: balanced (the study's recommendation 2c): minority-class images are always augmented, with the
@@ -19,7 +19,7 @@ MINORITY_STRENGTH = 1.5
 
 
 class BatchTransform:
-    """uint8 (N, H, W) on any device -> normalised float (N, 3, H, W), with the seed's augmentations on request."""
+    """uint8 (N, H, W) on any device -> normalised float (N, 3, H, W), with the study's augmentations on request."""
 
     def __init__(self, mean, std, *, augment: bool = False, channels_last: bool = False, minority: int | None = None):
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)

@@ -71,7 +71,7 @@ def write_dicom(path, pixels, monochrome1: bool = False, bits: int = 8):
     """A real DICOM file (Secondary Capture, explicit VR little endian): uint8 `pixels`, or with bits=12 the
     same picture stored as 12-bit values in 16-bit words (as CR/DX scanners write them)."""
     import numpy as np
-    from pydicom.dataset import FileMetaDataset, Dataset
+    from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
     meta = FileMetaDataset()

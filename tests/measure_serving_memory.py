@@ -19,8 +19,8 @@ import requests
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import TINY  # noqa: E402
-from servers import model_server  # noqa: E402
+from conftest import TINY
+from servers import model_server
 
 SIDE = 7000  # 49 MP: just under the 50 MP per-image limit
 ROUNDS, ROUND_S, CLIENTS = 3, 30, 2

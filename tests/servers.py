@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
-
 from conftest import free_port
 
 BIN = Path(sys.executable).parent

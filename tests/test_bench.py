@@ -11,6 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from pneumo_ml import tracking
 from pneumo_ml.bench import MODEL_NAMES, TARGET_PYFUNC_P50_MS, format_table, run_bench
 from pneumo_ml.cli import main
 
@@ -117,7 +118,7 @@ def test_the_ensemble_pyfunc_is_timed_like_its_members(one_thread, tmp_path):
     from pneumo_ml import bench
     sizes = dataclasses.replace(bench.sizes_for(True, torch.device("cpu")), pyfunc_calls=5)
     jpeg = bench.xray_jpeg(256)
-    with bench._isolated_tracking(tmp_path):
+    with tracking.isolated_store(tmp_path):
         single = bench.bench_pyfunc("small_cnn", jpeg, tmp_path / "pyfunc-small_cnn", sizes)
         both = bench.bench_ensemble_pyfunc(["small_cnn", "small_cnn"], jpeg, tmp_path, sizes)
     assert both["members"] == ["small_cnn", "small_cnn"] and both["calls"] == single["calls"]

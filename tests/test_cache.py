@@ -1,8 +1,8 @@
 import shutil
 
 import numpy as np
-
 from conftest import SAMPLES
+
 from pneumo_ml.cache import DecodedCache
 from pneumo_ml.preprocess import decode_resized
 

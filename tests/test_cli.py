@@ -8,9 +8,9 @@ import sys
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-
 from conftest import SAMPLES, TINY, write_dicom
 from not_xrays import colour_photo
+
 from pneumo_ml.cli import main
 from pneumo_ml.io import read_xray
 from pneumo_ml.ood import NOT_RADIOGRAPH
@@ -69,6 +69,7 @@ def test_empty_folders_say_so(tmp_path):
 
 def test_help_lists_choices_and_defaults_for_every_option_and_the_version():
     import click
+
     from pneumo_ml.suggest import resolve_model
     commands = [c for c in main.commands.values() if not isinstance(c, click.Group)] + \
         list(main.commands["data"].commands.values())

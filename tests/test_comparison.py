@@ -40,7 +40,7 @@ def failed(name: str = "ViT_Tiny", seed: int = 0) -> Outcome:
 
 
 def suite(seeds=(0,), baseline=False) -> list[Outcome]:
-    # The good model's scores sit above 0.5 (like the seed's ResNets), so the validation threshold matters.
+    # The good model's scores sit above 0.5 (like the study's ResNets), so the validation threshold matters.
     return [o for s in seeds for o in (outcome("SmallCNN", s), outcome("ResNet50_Aug", s, shift=1.5),
                                       outcome("ResNet50_NoAug", s))] + [failed()] + \
         ([outcome(BASELINE, s) for s in seeds] if baseline else [])

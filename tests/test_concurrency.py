@@ -21,9 +21,8 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import TINY
+from mlflow.tracking import MlflowClient
 from servers import child_env, tracking_server
 
 MODEL = "pneumonia-classifier"
@@ -262,12 +261,12 @@ def test_runs_log_the_same_data_set_at_the_same_moment(team, monkeypatch):
         run_ids = [tracking.client().create_run(experiment).info.run_id for _ in range(6)]
         barrier = threading.Barrier(len(run_ids))
 
-        def log(run_id):
+        def log(run_id, barrier=barrier, frame=frame, round_=round_):  # this round's, bound now
             logger = tracking.RunLogger(run_id)
             barrier.wait()
             try:
                 linked.append((run_id, logger.log_dataset(frame, name="split-synthetic", source="/data/synthetic")))
-            except Exception as e:  # noqa: BLE001 - every failure is collected and reported
+            except Exception as e:
                 errors.append(f"round {round_}: {e.__class__.__name__}: {str(e).splitlines()[0][:200]}")
 
         threads = [threading.Thread(target=log, args=(run_id,)) for run_id in run_ids]

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import yaml
 
@@ -49,7 +51,7 @@ def test_mlproject_strings_parse_like_python_values():
 
 def test_config_is_frozen_and_round_trips_through_yaml():
     c = Config()
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         c.epochs = 3  # type: ignore[misc]
     assert config.load(None, **yaml.safe_load(c.to_yaml())) == c
 

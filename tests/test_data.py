@@ -2,8 +2,8 @@ import shutil
 
 import pandas as pd
 import pytest
-
 from conftest import SAMPLES
+
 from pneumo_ml import data
 from pneumo_ml.data import DataError, load_split, patient_id, read_manifest, sample_protocol
 

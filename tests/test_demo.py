@@ -18,11 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from browser import CHROMIUM_ARGS, chromium_path
 from conftest import SAMPLES, write_dicom
 from not_xrays import colour_photo
+from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"

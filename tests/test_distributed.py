@@ -4,9 +4,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import TINY, cli_args
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY, cli_args
 from pneumo_ml import config, tracking
 from pneumo_ml.train import run_experiment
 

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from conftest import SAMPLES, TINY
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from conftest import SAMPLES, TINY
 from pneumo_ml import cli, config, tracking
 from pneumo_ml.train import run_experiment
 
@@ -119,7 +119,6 @@ def test_the_demo_predicts_with_the_ensemble(in_store):
 
 def test_mlflow_models_serve_serves_the_ensemble_over_rest(in_store, tmp_path):
     import requests
-
     from servers import model_server
     store, _ = in_store
     rows = [[b64(p)] for p in JPEGS[:2]]

@@ -12,8 +12,20 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torch import nn
 
-from pneumo_ml.explain import (COLORBAR_LABEL, FOOTER, energy_in_mask, gradcam, gradcam_grid, localisation_scores,
-                               overlay, overlay_png, pick_examples, pointing_game, save_overlay, uniform_baseline)
+from pneumo_ml.explain import (
+    COLORBAR_LABEL,
+    FOOTER,
+    energy_in_mask,
+    gradcam,
+    gradcam_grid,
+    localisation_scores,
+    overlay,
+    overlay_png,
+    pick_examples,
+    pointing_game,
+    save_overlay,
+    uniform_baseline,
+)
 from pneumo_ml.models import create_model, normalization
 from pneumo_ml.transforms import BatchTransform
 

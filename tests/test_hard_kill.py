@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import TINY, cli_args
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY, cli_args
 from pneumo_ml import checkpoints, cli, config, tracking
 from pneumo_ml.train import run_experiment
 
@@ -58,7 +58,7 @@ def running(pids: set[int]) -> set[int]:
 def checkpoint_epoch(path: Path) -> int:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)["epoch"] if path.is_file() else 0
-    except Exception:  # noqa: BLE001 - replaced while being read: try again
+    except Exception:
         return 0
 
 
@@ -138,6 +138,7 @@ def test_a_resume_refused_for_its_checkpoint_leaves_the_run_as_it_was(tmp_path, 
 def test_a_running_run_is_resumable_only_once_its_process_is_gone():
     """What `suite --resume` asks of each child, and `train --resume` of its run."""
     import socket
+
     from pneumo_ml import procs
     client = MlflowClient()
     run_id = client.create_run(tracking.experiment_id()).info.run_id

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import TINY
+
 from pneumo_ml import config
 from pneumo_ml.audit import audit_folder, format_report
 from pneumo_ml.cache import DecodedCache
@@ -130,6 +130,7 @@ def test_training_stops_on_a_leaky_split_naming_the_files_unless_allowed(tmp_pat
     assert "identical content across splits" in message and str(copy) in message
 
     from mlflow.tracking import MlflowClient
+
     from pneumo_ml.train import run_experiment
     result = run_experiment(cfg(manifest, allow_leaks=True, register=False, gradcam_images=0), progress=False)
     run = MlflowClient().get_run(result.run_id)

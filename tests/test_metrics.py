@@ -37,7 +37,7 @@ def test_calibration_error_of_a_calibrated_and_a_miscalibrated_model():
 
 
 def test_youden_threshold_fixes_scores_that_rank_well_but_sit_below_one_half():
-    # The seed's ResNets: AUC 0.93, accuracy 0.52 at 0.5. Perfectly ranked scores all under 0.5:
+    # The study's ResNets: AUC 0.93, accuracy 0.52 at 0.5. Perfectly ranked scores all under 0.5:
     y = np.r_[np.zeros(50, int), np.ones(50, int)]
     p = np.r_[np.linspace(0.05, 0.2, 50), np.linspace(0.25, 0.45, 50)]
     assert metrics.binary_metrics(y, p, 0.5)["accuracy"] == 0.5

@@ -9,13 +9,13 @@ import re
 
 import pytest
 import yaml
-from mlflow.tracking import MlflowClient
-
 from browser import CHROMIUM_ARGS, chromium_path
 from conftest import TINY
+from mlflow.tracking import MlflowClient
+from servers import tracking_server
+
 from pneumo_ml import tracking
 from pneumo_ml.suite import load_suite, run_suite, summary
-from servers import tracking_server
 
 playwright = pytest.importorskip("playwright.sync_api", reason="CI installs playwright (the dev extra)")
 

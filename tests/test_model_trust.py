@@ -1,17 +1,20 @@
 """A model is trusted only as far as it was logged: its card is checked field by field, its files against the
 SHA-256 manifest training recorded; outputs are checked to be writable before any work."""
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
 import pytest
 from click.testing import CliRunner
+from conftest import SAMPLES
 from mlflow.tracking import MlflowClient
 
-from conftest import SAMPLES
 from pneumo_ml import cli, tracking
 from pneumo_ml.errors import TrackingError
 from pneumo_ml.train import run_experiment
+from pneumo_ml.vocabulary import CLASSES
 
 JPEG = str(next(SAMPLES.rglob("*.jpeg")))
 
@@ -73,3 +76,23 @@ def test_a_model_file_changed_after_training_is_refused_before_it_runs(tiny_conf
     outcome = CliRunner().invoke(cli.main, ["predict", "--model-uri", uri, JPEG])
     assert outcome.exit_code == 1 and "refusing to load it" in outcome.output
     assert not marker.exists()
+
+
+def test_the_logged_model_carries_the_modules_it_imports_and_runs_on_them_alone(model_folder, tmp_path):
+    code = model_folder / "code" / "pneumo_ml"
+    carried = {p.stem for p in code.glob("*.py")}
+    assert {"pyfunc_model", "serving", "predictor", "explain", "vocabulary"} <= carried
+    assert not carried & {"cli", "bench", "demo", "audit", "train", "suite", "comparison"}, carried
+    # a fresh interpreter that loads the model imports pneumo_ml from the model's own copy: nothing is missing
+    script = (
+        "import base64, sys, mlflow, pandas as pd\n"
+        f"model = mlflow.pyfunc.load_model({str(model_folder)!r})\n"
+        "import pneumo_ml\n"
+        f"assert pneumo_ml.__file__.startswith({str(code)!r}), pneumo_ml.__file__\n"
+        f"image = base64.b64encode(open({JPEG!r}, 'rb').read()).decode('ascii')\n"
+        "out = model.predict(pd.DataFrame({'image': [image]}), params={'gradcam': True})\n"
+        "print(out.label[0], len(out.gradcam_png[0]))\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    label, png_chars = done.stdout.split()[-2:]
+    assert label in CLASSES and int(png_chars) > 1000

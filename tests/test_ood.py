@@ -1,13 +1,13 @@
 """The two checks behind every prediction: 'is this a radiograph at all' and 'is it like the training images'."""
 import base64
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-
-import mlflow
 from conftest import SAMPLES
 from not_xrays import NOT_XRAYS
+
 from pneumo_ml import ood
 from pneumo_ml.preprocess import decode_resized
 
@@ -77,7 +77,8 @@ def test_registered_pyfunc_flags_what_is_not_like_its_training_images(registered
 def test_mlflow_models_evaluate_on_the_registered_model_and_a_labelled_folder(registered, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from pneumo_ml.payload import SAMPLES as INSTALLED, labelled_frame
+    from pneumo_ml.payload import SAMPLES as INSTALLED
+    from pneumo_ml.payload import labelled_frame
     data = labelled_frame(INSTALLED)
     assert sorted(data["target"].value_counts().to_dict().items()) == [("NORMAL", 4), ("PNEUMONIA", 4)]
     with mlflow.start_run() as run:

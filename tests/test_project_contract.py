@@ -47,7 +47,8 @@ def test_experiment_yaml_keys_are_config_keys_and_load():
 
 def test_every_config_key_can_be_set_from_the_command_line():
     options = {p.name for p in cli.train.params}
-    direct = set(cli.TRAIN_OPTIONS)
+    direct = {"model", "aug", "data", "epochs", "batch_size", "lr", "image_size", "pretrained", "weights", "loss",
+              "sampler", "seed", "device", "n_train", "n_val", "n_test"}
     assert direct <= options
     # The rest go through --set KEY=VALUE, which rejects unknown keys like the YAML does.
     assert "sets" in options
@@ -60,3 +61,9 @@ def test_promote_parameters_are_promote_options_with_the_same_defaults():
     for name, spec in entry["parameters"].items():
         assert name in options and f"{{{name}}}" in entry["command"], name
         assert str(spec["default"]) == str(options[name]), name
+
+
+def test_the_architectures_are_create_models_names():
+    from pneumo_ml import models
+    from pneumo_ml.vocabulary import ARCHITECTURES
+    assert tuple(models.MODELS) == ARCHITECTURES

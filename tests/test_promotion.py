@@ -6,8 +6,16 @@ from mlflow.tracking import MlflowClient
 
 from pneumo_ml import tracking
 from pneumo_ml.errors import ConfigError
-from pneumo_ml.promotion import (IMAGE_SIZE_TAG, SPLIT_DIGEST_TAG, SPLIT_SIZES_TAG, VAL_PREVALENCE_TAG, Candidate,
-                                  comparability_tags, decide, split_of)
+from pneumo_ml.promotion import (
+    IMAGE_SIZE_TAG,
+    SPLIT_DIGEST_TAG,
+    SPLIT_SIZES_TAG,
+    VAL_PREVALENCE_TAG,
+    Candidate,
+    comparability_tags,
+    decide,
+    split_of,
+)
 
 NAME = "pneumonia-classifier"
 SPLIT = comparability_tags("abc123", 224, {"train": 200, "val": 16, "test": 100}, 0.5)
@@ -96,11 +104,13 @@ def test_promote_in_the_real_registry_ignores_test_figures_and_respects_the_marg
     assert tracking.promote(NAME, metric="val_auc", margin=0.001).promote
     assert tracking.alias_version(NAME, "champion") == v3
     tags = client.get_model_version(NAME, v3).tags
-    assert tags["promotion.decision"] == "promoted to @champion" and "by 0.0050 >= margin 0.001" in tags["promotion.reason"]
+    assert tags["promotion.decision"] == "promoted to @champion"
+    assert "by 0.0050 >= margin 0.001" in tags["promotion.reason"]
 
 
 def test_promote_cli(tmp_path):
     from click.testing import CliRunner
+
     from pneumo_ml.cli import main
     client = MlflowClient()
     empty = CliRunner().invoke(main, ["promote"])
@@ -116,6 +126,7 @@ def test_a_version_validated_on_another_split_never_displaces_the_champion():
     """The issue's reproduction, on tiny real runs: v2 has the better validation AUC on 2 + 2 images."""
     from click.testing import CliRunner
     from conftest import TINY
+
     from pneumo_ml import config
     from pneumo_ml.cli import main
     from pneumo_ml.train import run_experiment

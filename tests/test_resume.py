@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TINY, cli_args
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY, cli_args
 from pneumo_ml import config, tracking
 from pneumo_ml.train import run_experiment
 

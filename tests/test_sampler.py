@@ -3,9 +3,9 @@ of the minority class, reproducible per seed; on a real imbalanced split, throug
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY
 from pneumo_ml import config, synthetic
 from pneumo_ml.loaders import BatchLoader
 from pneumo_ml.train import build, prepare_data, run_experiment
@@ -53,7 +53,7 @@ def test_minority_images_get_the_stronger_augmentation_and_the_majority_the_seed
     both = BatchTransform((0.5,) * 3, (0.5,) * 3, augment=True, minority=0)
     reference = seeds(images, torch.Generator().manual_seed(1))
     stronger = both(images, torch.Generator().manual_seed(1), targets)
-    assert torch.allclose(stronger[1], reference[1])  # the same draws, the seed's ranges
+    assert torch.allclose(stronger[1], reference[1])  # the same draws, the study's ranges
     assert not torch.allclose(stronger[0], reference[0])  # the same draws, 1.5 times the ranges
 
 

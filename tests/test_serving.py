@@ -3,23 +3,24 @@ import base64
 import io
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
 import zlib
-import struct
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 import pytest
 import requests
-from mlflow.exceptions import MlflowException
-
-import mlflow
 from conftest import SAMPLES, free_port, write_dicom
+from mlflow.exceptions import MlflowException
 from not_xrays import colour_photo
-from pneumo_ml.ood import NOT_RADIOGRAPH
+
 from pneumo_ml.io import read_xray
+from pneumo_ml.ood import NOT_RADIOGRAPH
+from pneumo_ml.vocabulary import PREDICTION_FIELDS
 
 JPEGS = sorted(SAMPLES.rglob("*.jpeg"))
 
@@ -64,6 +65,8 @@ def test_pyfunc_predicts_jpegs_and_dicom_and_names_bad_rows(pyfunc, tmp_path):
     frame = pd.DataFrame({"image": [b64(JPEGS[1].read_bytes()), b64(dicom.read_bytes())]})
     out = model.predict(frame)
     assert out["probability"][0] == pytest.approx(out["probability"][1], abs=0.02)  # same pixels, two formats
+    assert list(out.columns) == list(PREDICTION_FIELDS)  # the one schema: predictor, pyfunc, signature, batch CSV
+    assert [c.name for c in model.metadata.signature.outputs.inputs][:len(PREDICTION_FIELDS)] == list(out.columns)
     for name, cell, reason in bad_rows(tmp_path):
         bad = pd.DataFrame({"image": [cell, b64(JPEGS[0].read_bytes())]})
         with pytest.raises(MlflowException, match=reason) as info:
@@ -159,8 +162,9 @@ def test_rest_endpoint_serves_jpegs_and_dicom_and_survives_bad_input(server, tra
     with_cam = invoke(server, good[:1], params={"gradcam": True, "threshold": 0.3})
     assert with_cam.status_code == 200 and with_cam.json()["predictions"][0]["threshold"] == 0.3
     assert base64.b64decode(with_cam.json()["predictions"][0]["gradcam_png"])[:8] == b"\x89PNG\r\n\x1a\n"
-    from pneumo_ml.payload import request_body  # what `pneumo-ml request FILE` prints
     import json
+
+    from pneumo_ml.payload import request_body  # what `pneumo-ml request FILE` prints
     body = invoke(server, body=json.dumps(request_body([SAMPLES / "PNEUMONIA"], {"threshold": 0.3})))
     assert body.status_code == 200 and len(body.json()["predictions"]) == 4
     photo = invoke(server, [b64(colour_photo())], params={"threshold": 0.3})

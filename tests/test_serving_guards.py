@@ -7,9 +7,8 @@ import json
 import numpy as np
 import pandas as pd
 import requests
-from PIL import Image
-
 from conftest import SAMPLES
+from PIL import Image
 from servers import model_server
 
 JPEGS = sorted(SAMPLES.rglob("*.jpeg"))

@@ -24,12 +24,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
+from conftest import SAMPLES, write_dicom
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mlflow.exceptions import MlflowException
 from PIL import Image
-
-from conftest import SAMPLES, write_dicom
 from servers import model_server
 
 MODEL = "pneumonia-classifier"
@@ -53,7 +52,8 @@ def png_bomb(side: int = 30_000) -> bytes:
 
 
 def frame_body(rows, params=None, column="image") -> dict:
-    return {"dataframe_split": {"columns": [column], "data": [[r] for r in rows]}, **({"params": params} if params else {})}
+    body = {"dataframe_split": {"columns": [column], "data": [[r] for r in rows]}}
+    return {**body, "params": params} if params else body
 
 
 def good_payloads() -> dict[str, dict]:
@@ -115,7 +115,7 @@ def test_load_mixed_good_and_bad_requests(served):
             assert answer.status_code == 200, (name, answer.text[:500])
             reference[name] = answer.json()
             assert len(reference[name]["predictions"]) == len(body["dataframe_split"]["data"])
-        for name, (body, _) in bad.items():  # warm the error paths too
+        for body, _ in bad.values():  # warm the error paths too
             post(session, base, body)
     rss_before = served.rss_bytes()
 

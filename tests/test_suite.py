@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import TINY
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY
 from pneumo_ml import tracking
 from pneumo_ml.promotion import SPLIT_DIGEST_TAG
 from pneumo_ml.suite import load_suite, run_suite, summary

@@ -5,10 +5,10 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import SAMPLES
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from conftest import SAMPLES
 from pneumo_ml import tracking
 from pneumo_ml.train import run_experiment
 
