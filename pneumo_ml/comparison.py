@@ -72,13 +72,14 @@ def _usable(o: Outcome) -> bool:
     return o.status == "FINISHED" and o.test_targets is not None and o.test_probs is not None
 
 
-def _per_seed(o: Outcome, n_boot: int, seed: int) -> dict:
+def _per_seed(o: Outcome, n_boot: int) -> dict:
     y, p = np.asarray(o.test_targets), np.asarray(o.test_probs, dtype=np.float64)
     row = {}
     for prefix, threshold, names in (("", 0.5, METRICS), ("tuned_", o.threshold, TUNED)):
         point = binary_metrics(y, p, threshold)
-        # The same seed for every model: all models are scored on the same bootstrap resamples.
-        ci = bootstrap_ci(y, p, threshold, groups=o.test_groups, n_boot=n_boot, seed=seed)
+        # The run's own seed, as training used: the intervals are those its run logged, and every model of one
+        # seed is scored on the same bootstrap resamples.
+        ci = bootstrap_ci(y, p, threshold, groups=o.test_groups, n_boot=n_boot, seed=o.seed)
         for m in names:
             row[prefix + m] = point[m]
             row[f"{prefix}{m}_ci_low"], row[f"{prefix}{m}_ci_high"] = ci[m]
@@ -88,9 +89,8 @@ def _per_seed(o: Outcome, n_boot: int, seed: int) -> dict:
     return row
 
 
-def _table_row(name: str, runs: list[Outcome], failed: list[Outcome], reference: str, n_boot: int,
-               seed: int) -> dict:
-    per_seed = pd.DataFrame([_per_seed(o, n_boot, seed) for o in runs], columns=POINTS + INTERVALS, dtype=float)
+def _table_row(name: str, runs: list[Outcome], failed: list[Outcome], reference: str, n_boot: int) -> dict:
+    per_seed = pd.DataFrame([_per_seed(o, n_boot) for o in runs], columns=POINTS + INTERVALS, dtype=float)
     row = {"experiment": name, "is_reference": name == reference,
            "status": "FINISHED" if runs else "/".join(sorted({o.status for o in failed})),
            "error": "; ".join(f"seed {o.seed}: {o.error or 'no test predictions'}" for o in failed) or None,
@@ -215,7 +215,7 @@ def compare(outcomes: list[Outcome], *, reference: str, bootstrap: int = 1000, s
         notes.append(f"The requested reference {chosen} {why}; falling back to "
                      + (f"{reference}, the first finished experiment." if reference else "nothing: no run finished."))
 
-    table = pd.DataFrame([_table_row(n, runs[n], [o for o in failed if o.name == n], reference, bootstrap, seed)
+    table = pd.DataFrame([_table_row(n, runs[n], [o for o in failed if o.name == n], reference, bootstrap)
                           for n in names])
     pairs = [(n, reference) for n in finished if n != reference]
     if BASELINE in finished and reference != BASELINE:  # the reference meets the baseline in the row above

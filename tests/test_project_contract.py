@@ -67,3 +67,34 @@ def test_the_architectures_are_create_models_names():
     from pneumo_ml import models
     from pneumo_ml.vocabulary import ARCHITECTURES
     assert tuple(models.MODELS) == ARCHITECTURES
+
+
+def _modules():
+    import ast
+    package = Path(config.__file__).parent
+    return {p.stem: ast.parse(p.read_text(encoding="utf-8")) for p in package.glob("*.py")}
+
+
+def test_only_tracking_and_the_pyfunc_talk_to_mlflow():
+    import ast
+    importers = {name for name, tree in _modules().items() for node in ast.walk(tree)
+                 if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "mlflow" for a in node.names)
+                 or isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "mlflow"}
+    assert importers == {"tracking", "serving", "pyfunc_model"}
+
+
+def test_the_labels_and_the_notice_are_defined_once():
+    import ast
+
+    from pneumo_ml.vocabulary import CLASSES, NOTICE
+    defined = {}
+    for name, tree in _modules().items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign):
+                try:
+                    value = ast.literal_eval(node.value)
+                except ValueError:
+                    continue
+                if value in (CLASSES, list(CLASSES)) or isinstance(value, str) and NOTICE in value.lower():
+                    defined.setdefault(name, []).append(ast.unparse(node)[:60])
+    assert set(defined) == {"vocabulary"}, defined

@@ -71,6 +71,11 @@ def test_quick_suite_gives_four_children_an_ensemble_comparison_and_aliases(tmp_
     np.testing.assert_allclose(logged["Ensemble"].probability, mean, rtol=1e-6)
     auc = table.set_index("experiment").loc["Ensemble", "auc"]
     assert auc == pytest.approx(ensemble_run.data.metrics["test_auc"])
+    for run in children:  # the page's figures and intervals are those each run logged
+        row = table.set_index("experiment").loc[run.data.tags[tracking.EXPERIMENT_TAG]]
+        for key in ("test_auc_ci_low", "test_accuracy_ci_high", "test_tuned_sensitivity_ci_low"):
+            column = key.removeprefix("test_")
+            assert row[column] == pytest.approx(tracking.run_metric(run, key), abs=1e-9), (run.info.run_name, key)
     # the command line ends with the page, the aliases it moved and how to look at it
     text = summary(result)
     assert f"@champion -> v{aliases['champion']} (was unset)" in text
