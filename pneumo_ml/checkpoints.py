@@ -41,7 +41,7 @@ def load(path: Path, where: str) -> dict:
         saved = load_tensors(path)
     except TensorFileError as e:
         raise CheckpointError(f"{where}: unreadable checkpoint ({str(e).removeprefix(f'{path}: ')})") from None
-    except Exception as e:
+    except Exception as e:  # torch raises many kinds for a torn or foreign file
         raise CheckpointError(f"{where}: unreadable checkpoint ({e.__class__.__name__}: "
                               f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
     if not isinstance(saved, dict) or not REQUIRED_KEYS <= set(saved):

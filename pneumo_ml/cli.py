@@ -75,7 +75,7 @@ class Main(click.Group):
         except (UserError, ImageReadError) as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(1)
-        except Exception as e:
+        except Exception as e:  # last resort: name it in one line, PNEUMO_ML_DEBUG=1 re-raises it
             if os.environ.get("PNEUMO_ML_DEBUG"):
                 raise
             from .engine import NonFiniteLossError

@@ -129,7 +129,7 @@ def read_manifest(path: Path) -> pd.DataFrame:
     """A CSV `path,label[,patient_id,split[,mask]]`; relative paths are relative to the CSV's folder."""
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except Exception as e:
+    except Exception as e:  # pandas raises many kinds
         raise DataError(f"{path}: not a readable CSV manifest ({e.__class__.__name__}: {e})") from e
     missing_cols = {"path", "label"} - set(frame.columns)
     if missing_cols:

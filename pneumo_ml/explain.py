@@ -275,14 +275,12 @@ def pointing_game(heatmaps, lesion_masks, *, tolerance_px: int | None = None) ->
     Default tolerance: 3 % of the shorter image side, at least 1 px. An all-zero map misses. NaN if no image
     has a lesion.
     """
-    hits = [_hit(h, lesion, tolerance_px) for h, lesion, _ in _scored(heatmaps, lesion_masks)]
-    return float(np.mean(hits)) if hits else float("nan")
+    return _pointing(list(_scored(heatmaps, lesion_masks)), tolerance_px)
 
 
 def energy_in_mask(heatmaps, lesion_masks) -> float:
     """Mean over images with a lesion of the heatmap mass inside it / total mass (all-zero map: 0). NaN if none."""
-    shares = [_energy(h, lesion) for h, lesion, _ in _scored(heatmaps, lesion_masks)]
-    return float(np.mean(shares)) if shares else float("nan")
+    return _energy_share(list(_scored(heatmaps, lesion_masks)))
 
 
 def uniform_baseline(lung_masks_or_masks, *, tolerance_px: int | None = None) -> dict[str, float]:
@@ -309,16 +307,26 @@ def localisation_scores(heatmaps, masks, *, tolerance_px: int | None = None) -> 
 
     Only images whose mask has a lesion are scored (`cam_images` of them); scores are NaN when there are none.
     """
-    heatmaps, masks = _as_list(heatmaps), _as_list(masks)  # iterated three times below
-    resized = [mask for _, _, mask in _scored(heatmaps, masks)]
+    scored = list(_scored(heatmaps, masks))  # each mask resized once, for every score
+    resized = [mask for _, _, mask in scored]
     base = uniform_baseline(resized, tolerance_px=tolerance_px)
     return {
-        "cam_pointing_game": pointing_game(heatmaps, masks, tolerance_px=tolerance_px),
-        "cam_energy_in_mask": energy_in_mask(heatmaps, masks),
+        "cam_pointing_game": _pointing(scored, tolerance_px),
+        "cam_energy_in_mask": _energy_share(scored),
         "cam_pointing_game_uniform": base["pointing_game"],
         "cam_energy_in_mask_uniform": base["energy_in_mask"],
         "cam_images": len(resized),
     }
+
+
+def _pointing(scored: list, tolerance_px: int | None) -> float:
+    hits = [_hit(h, lesion, tolerance_px) for h, lesion, _ in scored]
+    return float(np.mean(hits)) if hits else float("nan")
+
+
+def _energy_share(scored: list) -> float:
+    shares = [_energy(h, lesion) for h, lesion, _ in scored]
+    return float(np.mean(shares)) if shares else float("nan")
 
 
 def _as_list(arrays) -> list:

@@ -153,7 +153,7 @@ def decoded_pixels(data: bytes, *, draft_size: int | None = None) -> int:
             if draft_size and fmt == "JPEG":
                 img.draft("L", (draft_size, draft_size))  # the reduced DCT scale read_xray decodes at
             return img.size[0] * img.size[1]
-    except Exception:
+    except Exception:  # a bad header is the reader's to report, with its reason
         return 0
 
 

@@ -96,7 +96,7 @@ def _prefetched(iterator, depth: int = 2):
         try:
             for item in iterator:
                 queue.put(item)
-        except BaseException as e:
+        except BaseException as e:  # re-raised in the consumer
             queue.put(e)
         queue.put(done)
 

@@ -124,7 +124,7 @@ def _with_imagenet_weights(spec: ModelSpec, image_size: int, required: bool) -> 
             model = timm.create_model(spec.timm_name, pretrained=True, num_classes=NUM_CLASSES, **sized)
         else:
             raise WeightsError("not in the local cache and the hub is offline or unreachable")
-    except Exception as e:
+    except Exception as e:  # any failure to get weights is reported the same way
         reason = str(e).splitlines()[0] if str(e) else e.__class__.__name__
         message = (f"cannot load ImageNet weights for {spec.timm_name} ({reason}); "
                    f"pass --weights FILE (a local state dict) or --pretrained false")

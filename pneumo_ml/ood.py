@@ -50,7 +50,7 @@ def _header(src) -> tuple[tuple[int, int], float] | None:
             small.thumbnail((128, 128))
             rgb = np.asarray(small, dtype=np.int16)
             return size, float((rgb.max(axis=2) - rgb.min(axis=2)).mean() / 255)
-    except Exception:
+    except Exception:  # read_xray has already accepted the input; this view is optional
         return None
 
 

@@ -222,7 +222,7 @@ def _ensembles(suite: SuiteConfig, configs: list[Config], outcomes: list[compari
             made.append(build_ensemble(uris, name=name, parent_run_id=parent_run_id, register=cfg.register,
                                        registered_model_name=cfg.registered_model_name, bootstrap=cfg.bootstrap,
                                        seed=seed).outcome)
-        except Exception as e:
+        except Exception as e:  # the experiments' results stand without it
             reason = str(e).splitlines()[0] if str(e) else e.__class__.__name__
             log.error("%s failed: %s", name, reason)
             made.append(comparison.Outcome(ENSEMBLE_NAME, seed, "", "FAILED",
@@ -237,7 +237,7 @@ def _run_child(cfg: Config, data, parent_run_id: str, resume_child: str | None, 
                                 progress=progress)
     except KeyboardInterrupt:
         raise
-    except Exception as e:
+    except Exception as e:  # one experiment failing must not lose the others
         reason = str(e).splitlines()[0] if str(e) else e.__class__.__name__
         log.error("%s failed: %s", cfg.name, reason)
         return comparison.Outcome(experiment_name(cfg), cfg.seed, "", "FAILED",

@@ -30,7 +30,7 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 
 from . import integrity, procs, store
-from .code_closure import imported_modules
+from .code_closure import PACKAGE_DIR, imported_modules
 from .errors import TrackingError
 from .vocabulary import CLASSES, EXPERIMENT, MODEL_NAME, NOTICE_SENTENCE, PREDICTION_FIELDS, PROMOTION_DEFAULTS
 
@@ -41,7 +41,6 @@ for _hint in ("type hints to the `predict` method", "Any type hint is inferred",
               "can be interpreted in multiple ways"):
     warnings.filterwarnings("ignore", message=f".*{re.escape(_hint)}.*")
 
-PACKAGE_DIR = Path(__file__).resolve().parent
 SERVING_REQUIREMENTS = ("torch", "torchvision", "timm", "numpy", "pandas", "pillow", "pydicom", "scipy",
                         "captum", "matplotlib", "mlflow")
 

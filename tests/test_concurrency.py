@@ -266,7 +266,7 @@ def test_runs_log_the_same_data_set_at_the_same_moment(team, monkeypatch):
             barrier.wait()
             try:
                 linked.append((run_id, logger.log_dataset(frame, name="split-synthetic", source="/data/synthetic")))
-            except Exception as e:
+            except Exception as e:  # every failure is collected and reported
                 errors.append(f"round {round_}: {e.__class__.__name__}: {str(e).splitlines()[0][:200]}")
 
         threads = [threading.Thread(target=log, args=(run_id,)) for run_id in run_ids]

@@ -58,7 +58,7 @@ def running(pids: set[int]) -> set[int]:
 def checkpoint_epoch(path: Path) -> int:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)["epoch"] if path.is_file() else 0
-    except Exception:
+    except Exception:  # replaced while being read: try again
         return 0
 
 

@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import re
 
-import pytest
 import yaml
 from browser import CHROMIUM_ARGS, chromium_path
 from conftest import TINY
 from mlflow.tracking import MlflowClient
+from playwright.sync_api import expect, sync_playwright
 from servers import tracking_server
 
 from pneumo_ml import tracking
 from pneumo_ml.suite import load_suite, run_suite, summary
-
-playwright = pytest.importorskip("playwright.sync_api", reason="CI installs playwright (the dev extra)")
 
 
 def test_run_page_opens_on_the_headline_figures_and_the_registry_shows_descriptions(tmp_path, monkeypatch):
@@ -38,12 +36,11 @@ def test_run_page_opens_on_the_headline_figures_and_the_registry_shows_descripti
         report = re.search(r"^report: (.+)$", text, re.M).group(1)
         assert report == f"{tracking.run_link(result.run_id)}/artifacts/comparison/report.html"
 
-        with playwright.sync_playwright() as p:
+        with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
                 page.set_default_timeout(120_000)  # every wait is for an element; CI runs under load
-                expect = playwright.expect
 
                 page.goto(run_page)  # the run page opens on its overview
                 expect(page.get_by_text(child.info.run_name).first).to_be_visible()
