@@ -1,4 +1,8 @@
-"""Audit a Kermany-layout folder: split sizes, patient leakage, duplicate files, metadata shortcuts.
+"""Audit a Kermany-layout folder: split sizes, patient leakage, duplicate files, shortcuts.
+
+The shortcut figure is the cross-validated AUC of a straight line (pneumo_ml.baseline's classifier) through
+what a model could read without looking at the lungs: metadata (width, height, aspect ratio, file size) and
+the global intensity statistics of pneumo_ml.baseline.
 
 `pneumo-ml data audit DIR` prints the report; a patient or an identical file found in more than one
 split makes the folder leaky (exit 1). Duplicates within one split and unreadable files are reported
@@ -20,11 +24,15 @@ import pydicom
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from .baseline import FEATURE_NAMES as INTENSITY_FEATURES
+from .baseline import HISTOGRAM_BINS, cross_validated_auc, intensity_features
 from .data import CLASSES, SPLITS, links_leaving, scan_folder
 from .io import ImageReadError, open_regular, read_xray
 
 SHORTCUT_WARN_AUC = 0.75
-FEATURES = ("width", "height", "aspect_ratio", "file_size", "mean_intensity")
+METADATA_FEATURES = ("width", "height", "aspect_ratio", "file_size")
+FEATURES = METADATA_FEATURES + INTENSITY_FEATURES
+INTENSITY_DECODE = 256  # JPEGs decode at a reduced DCT scale >= this; the features stride down to 256 anyway
 _PIL_FORMATS = ("JPEG", "PNG", "BMP", "TIFF")  # read_xray's formats besides DICOM
 MAX_LISTED = 20  # within-split duplicate groups printed; a note, so the rest go to --json only
 _HASH_CHUNK = 1 << 20
@@ -38,12 +46,14 @@ class AuditReport:
     cross_split_duplicates: list[list[str]]
     within_split_duplicates: list[list[str]]
     stats: pd.DataFrame  # per class: n, width/height/file_size median/min/max, mean_intensity median, modes
-    shortcut_auc: float | None
+    shortcut_auc: float | None  # metadata and intensity statistics together
     shortcut_feature: str | None
     unreadable: list[tuple[str, str]]
     has_splits: bool = True
     feature_aucs: dict[str, float] = field(default_factory=dict)  # each feature alone; > 0.5: higher in PNEUMONIA
     links_outside: list[str] = field(default_factory=list)  # symlinks whose target is outside the root: a note
+    metadata_auc: float | None = None  # metadata alone
+    intensity_auc: float | None = None  # global intensity statistics alone: pneumo_ml.baseline's figure
 
     @property
     def leaky(self) -> bool:
@@ -62,6 +72,8 @@ class AuditReport:
             "shortcut_auc": self.shortcut_auc,
             "shortcut_feature": self.shortcut_feature,
             "feature_aucs": self.feature_aucs,
+            "metadata_auc": self.metadata_auc,
+            "intensity_auc": self.intensity_auc,
             "unreadable": [{"path": p, "reason": r} for p, r in self.unreadable],
             "links_outside": self.links_outside,
         }
@@ -87,7 +99,7 @@ def audit_folder(root: Path, *, progress: bool = True) -> AuditReport:
 
     cross, within = _duplicates(files.dropna(subset=["sha1"]))
     readable = files[files["error"].isna()]
-    auc, feature, feature_aucs = _shortcut(readable)
+    aucs, feature, feature_aucs = _shortcut(readable)
     return AuditReport(
         root=str(root),
         counts=counts,
@@ -95,19 +107,21 @@ def audit_folder(root: Path, *, progress: bool = True) -> AuditReport:
         cross_split_duplicates=cross,
         within_split_duplicates=within,
         stats=_stats(readable),
-        shortcut_auc=auc,
+        shortcut_auc=aucs["both"],
         shortcut_feature=feature,
         unreadable=[(r.rel, r.error) for r in files[files["error"].notna()].itertuples()],
         has_splits=bool(has_splits),
         feature_aucs=feature_aucs,
         links_outside=[Path(p).relative_to(root).as_posix() for p in links_leaving(root, files["path"])],
+        metadata_auc=aucs["metadata"],
+        intensity_auc=aucs["intensity"],
     )
 
 
 def _inspect(path: str, rel: str) -> dict:
     """Hash, header and a draft decode of one file; a failure becomes `error` (the reason), not an exception."""
     row = {"sha1": None, "error": None, "file_size": np.nan, "width": np.nan, "height": np.nan, "mode": None,
-           "mean_intensity": np.nan}
+           **{name: np.nan for name in INTENSITY_FEATURES}}
     try:
         digest = hashlib.sha1()
         with open_regular(path, rel) as fp:
@@ -115,7 +129,8 @@ def _inspect(path: str, rel: str) -> dict:
                 digest.update(chunk)
         row["sha1"] = digest.hexdigest()
         row["file_size"] = os.stat(path).st_size
-        row["mean_intensity"] = float(read_xray(path, name=rel, draft_size=64).mean())
+        image = read_xray(path, name=rel, draft_size=INTENSITY_DECODE)
+        row |= dict(zip(INTENSITY_FEATURES, intensity_features(image).tolist()))
         try:
             row["width"], row["height"], row["mode"] = _header(path)
         except Exception as e:  # decoders raise many types; read_xray accepted the file, so this is rare
@@ -163,7 +178,7 @@ def _stats(readable: pd.DataFrame) -> pd.DataFrame:
         for col in ("width", "height", "file_size"):
             row |= {f"{col}_median": float(part[col].median()), f"{col}_min": int(part[col].min()),
                     f"{col}_max": int(part[col].max())}
-        row["mean_intensity_median"] = round(float(part["mean_intensity"].median()), 1)
+        row["mean_intensity_median"] = round(float(part["mean"].median()), 1)
         row["modes"] = ", ".join(f"{mode} {n}" for mode, n in part["mode"].value_counts().items())
         rows[label] = row
     stats = pd.DataFrame.from_dict(rows, orient="index")
@@ -171,34 +186,27 @@ def _stats(readable: pd.DataFrame) -> pd.DataFrame:
     return stats
 
 
-def _shortcut(readable: pd.DataFrame) -> tuple[float | None, str | None, dict[str, float]]:
-    """Cross-validated AUC of a classifier that sees only metadata, and the feature that separates best alone."""
-    from sklearn.linear_model import LogisticRegression
+def _shortcut(readable: pd.DataFrame) -> tuple[dict[str, float | None], str | None, dict[str, float]]:
+    """Cross-validated AUCs of a straight line through metadata, through intensity statistics and through both;
+    and the feature that separates best alone."""
     from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedGroupKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
+    none = {"metadata": None, "intensity": None, "both": None}
     y = (readable["label"] == "PNEUMONIA").to_numpy(int)
-    groups = _cv_groups(readable)
-    # k = min(5, smallest class), counted in groups: a fold needs both classes to have an AUC
-    k = min(5, *(len(set(groups[y == c])) for c in (0, 1)))
-    if k < 2:
-        return None, None, {}
+    if len(set(y)) < 2:
+        return none, None, {}
     frame = readable.assign(aspect_ratio=readable["width"] / readable["height"])
     X = frame[list(FEATURES)].to_numpy(float)
     feature_aucs = {name: round(float(roc_auc_score(y, X[:, i])), 4) for i, name in enumerate(FEATURES)}
-    X[:, :4] = np.log(X[:, :4])  # sizes are multiplicative; logs keep outliers from dominating the fit
-    model = make_pipeline(StandardScaler(), LogisticRegression(solver="liblinear"))
-    aucs = []
-    for seed in range(3):  # repeated, seeded folds: a steadier estimate on small sets, still deterministic
-        for train, test in StratifiedGroupKFold(k, shuffle=True, random_state=seed).split(X, y, groups):
-            if len(set(y[train])) == 2 and len(set(y[test])) == 2:
-                aucs.append(roc_auc_score(y[test], model.fit(X[train], y[train]).decision_function(X[test])))
-    if not aucs:
-        return None, None, feature_aucs
+    n_meta = len(METADATA_FEATURES)
+    X[:, :n_meta] = np.log(X[:, :n_meta])  # sizes are multiplicative; logs keep outliers from dominating the fit
+    groups = _cv_groups(readable)
+    columns = {"metadata": slice(0, n_meta), "intensity": slice(n_meta, None), "both": slice(None)}
+    aucs = {part: cross_validated_auc(X[:, cols], y, groups) for part, cols in columns.items()}
+    if aucs["both"] is None:
+        return none, None, feature_aucs
     feature = max(FEATURES, key=lambda name: abs(feature_aucs[name] - 0.5))
-    return round(float(np.mean(aucs)), 4), feature, feature_aucs
+    return {part: round(auc, 4) for part, auc in aucs.items()}, feature, feature_aucs
 
 
 def _cv_groups(frame: pd.DataFrame) -> np.ndarray:
@@ -260,11 +268,14 @@ def format_report(report: AuditReport) -> str:
         })
         lines += _indent(table.to_string())
 
-    lines += ["", "Metadata shortcut"]
+    lines += ["", "Shortcuts: cross-validated AUC of a straight line through what needs no look at the lungs"]
     if report.shortcut_auc is None:
-        lines.append("  too few readable images (need 2 patients per class) to cross-validate a metadata classifier")
+        lines.append("  too few readable images (need 2 patients per class) to cross-validate a shortcut classifier")
     else:
-        lines.append(f"  cross-validated AUC from metadata alone ({', '.join(FEATURES)}): {report.shortcut_auc:.2f}")
+        lines.append(f"  metadata ({', '.join(METADATA_FEATURES)}): {report.metadata_auc:.2f}")
+        lines.append(f"  global intensity statistics (mean, std, percentiles, {HISTOGRAM_BINS}-bin "
+                     f"histogram, mean gradient; the IntensityBaseline): {report.intensity_auc:.2f}")
+        lines.append(f"  shortcut AUC, both together: {report.shortcut_auc:.2f}")
         single = report.feature_aucs[report.shortcut_feature]
         if single == 0.5:
             lines.append("  most telling feature: none (no feature alone separates the classes)")
@@ -272,9 +283,10 @@ def format_report(report: AuditReport) -> str:
             lines.append(f"  most telling feature: {report.shortcut_feature} (higher in "
                          f"{'PNEUMONIA' if single > 0.5 else 'NORMAL'}; AUC {max(single, 1 - single):.2f} on its own)")
         if report.shortcut_auc >= SHORTCUT_WARN_AUC:
-            lines.append(f"  WARNING: metadata AUC {report.shortcut_auc:.2f} >= {SHORTCUT_WARN_AUC}: a model can tell "
-                         f"the classes apart from metadata alone; this shortcut can inflate test scores without "
-                         f"looking at the lungs (resize to one size, compare per-class acquisition)")
+            lines.append(f"  WARNING: shortcut AUC {report.shortcut_auc:.2f} >= {SHORTCUT_WARN_AUC}: a model can tell "
+                         f"the classes apart from metadata and global statistics alone; this shortcut can inflate "
+                         f"test scores without looking at the lungs (resize to one size, compare per-class "
+                         f"acquisition and exposure)")
 
     if report.links_outside:
         lines += ["", f"note: {len(report.links_outside)} symlink(s) point outside {report.root} (read as images "

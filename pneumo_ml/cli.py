@@ -369,8 +369,8 @@ def data():
 @click.option("--size", default=None, type=click.IntRange(64, 4096), help="Nominal long side in px.",
               show_default="512")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the generator.")
-@click.option("--difficulty", default=None, type=click.FloatRange(0, 1), help="0 obvious .. 1 subtle.",
-              show_default="the generator's default")
+@click.option("--difficulty", default=None, type=click.FloatRange(0, 1),
+              help="Lesion conspicuity and size: 0 obvious .. 1 subtle.", show_default="the generator's default")
 @click.option("--format", "image_format", default="png", type=click.Choice(["png", "jpeg"]), show_default=True,
               help="Image file format.")
 @click.option("--workers", default=0, type=click.IntRange(0), help="Processes (0 = one per core).",
@@ -431,6 +431,33 @@ def data_audit(root, json_path):
         import json
         Path(json_path).write_text(json.dumps(report.to_dict(), indent=2, default=str))
     sys.exit(1 if report.leaky else 0)
+
+
+@data.command("realism")
+@click.option("--synthetic", "synthetic_dir", type=click.Path(exists=True, file_okay=False),
+              show_default="rendered in memory", help="A folder of synthetic images (e.g. from data synth).")
+@click.option("--real", "real_dir", type=click.Path(exists=True, file_okay=False),
+              show_default="the samples installed with the package", help="A folder of real radiographs.")
+@click.option("--n", "n_synthetic", default=64, show_default=True, type=click.IntRange(4),
+              help="Cases to render when --synthetic is not given.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the rendered cases.")
+@click.option("--difficulty", default=None, type=click.FloatRange(0, 1), show_default="the generator's default",
+              help="Difficulty of the rendered cases.")
+def data_realism(synthetic_dir, real_dir, n_synthetic, seed, difficulty):
+    """How far synthetic images are from real ones: a real-vs-synthetic classifier's cross-validated AUC
+    on intensity statistics and the radial power spectrum (0.5: indistinguishable; 1: always told apart)."""
+    from . import realism, synthetic
+    real = realism.read_images(Path(real_dir) if real_dir else realism.REAL_SAMPLES)
+    if synthetic_dir:
+        fake = realism.read_images(Path(synthetic_dir))
+    else:
+        fake = realism.synthetic_images(n_synthetic, seed=seed, size=synthetic.DEFAULT_SIZE,
+                                        difficulty=synthetic.DEFAULT_DIFFICULTY if difficulty is None else difficulty)
+    if len(real) < 2 or len(fake) < 2:
+        raise ConfigError(f"need at least 2 real and 2 synthetic images, found {len(real)} and {len(fake)}")
+    auc = realism.realism_auc(real, fake)
+    click.echo(f"real-vs-synthetic AUC {auc:.2f} ({len(real)} real, {len(fake)} synthetic images; linear model, "
+               f"5-fold CV, on intensity statistics and radial power spectrum; 0.5 = indistinguishable)")
 
 
 @main.group()

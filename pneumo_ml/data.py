@@ -80,12 +80,13 @@ def load_split(data: str, *, n_train: int, n_val: int, n_test: int, seed: int = 
 
 
 def ensure_synthetic(*, n_train: int, n_val: int, n_test: int, seed: int, difficulty: float | None) -> Path:
-    """The embedded default: generated once per (counts, seed, difficulty) into the cache folder."""
+    """The embedded default: generated once per (generator version, counts, seed, difficulty) into the cache folder."""
     from . import synthetic
 
     difficulty = synthetic.DEFAULT_DIFFICULTY if difficulty is None else difficulty
     sizes = [n or 200 for n in (n_train, n_val, n_test)]
-    root = cache_root() / "synthetic" / f"seed{seed}-d{difficulty:g}-{sizes[0]}-{sizes[1]}-{sizes[2]}"
+    name = f"v{synthetic.GENERATOR_VERSION}-seed{seed}-d{difficulty:g}-{sizes[0]}-{sizes[1]}-{sizes[2]}"
+    root = cache_root() / "synthetic" / name  # the version: a changed generator never reuses an old set
     if not (root / "manifest.csv").is_file():
         log.info("generating the synthetic data set into %s", root)
         try:

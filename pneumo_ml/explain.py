@@ -40,7 +40,7 @@ LESION_MIN, LUNG_MIN = 192, 64  # mask values: 0 outside the lungs, 128 lung fie
 def gradcam(model: nn.Module, name: str | nn.Module, images_uint8: torch.Tensor | np.ndarray,
             transform: BatchTransform, *, target: int | None = 1, batch_size: int = 16,
             device: torch.device | str | None = None) -> np.ndarray:
-    """Grad-CAM maps (N, H, W) float32 in [0, 1] for uint8 images (N, H, W), for class `target`.
+    """Grad-CAM maps (N, H, W) float32 in [0, 1] for uint8 images (N, H, W), for the log-odds of class `target`.
 
     `name` is a model name from `models.MODELS` (its Grad-CAM layer is used) or the target layer itself.
     `target=None` explains each image's predicted class. Runs in float32 with autocast off, in eval mode on
@@ -63,7 +63,7 @@ def gradcam(model: nn.Module, name: str | nn.Module, images_uint8: torch.Tensor 
     net.eval()  # dropout off and BatchNorm statistics untouched while explaining
     try:
         with _cam_layer(net, layer) as cam_layer, torch.autocast(dev.type, enabled=False):
-            cam = LayerGradCam(net, cam_layer)
+            cam = LayerGradCam(_LogOdds(net), cam_layer)
             for start in range(0, n, batch_size):
                 x = transform(images[start:start + batch_size].to(dev)).float()
                 if target is None:
@@ -78,6 +78,26 @@ def gradcam(model: nn.Module, name: str | nn.Module, images_uint8: torch.Tensor 
         for module, training in modes:
             module.training = training
     return out
+
+
+class _LogOdds(nn.Module):
+    """Two logits (z0, z1) -> (z0 - z1, z1 - z0): each class's log-odds, the quantity its softmax depends on.
+
+    Softmax ignores what the two logits share; explaining z1 alone also explains that common part, which a
+    model trained with cross-entropy never had a reason to change from its random initialisation. Models
+    with other than two outputs are explained as they are.
+    """
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.net(x)
+        if logits.ndim != 2 or logits.shape[1] != 2:
+            return logits
+        diff = logits[:, 1] - logits[:, 0]
+        return torch.stack([-diff, diff], dim=1)
 
 
 def _device_of(model: nn.Module) -> torch.device:

@@ -61,7 +61,9 @@ def _timm_builder(timm_name: str, sized: bool = False) -> Callable[[int], nn.Mod
 
 
 MODELS: dict[str, ModelSpec] = {
-    "small_cnn": ModelSpec(lambda size: SmallCNN(), None, lambda m: m.features[-1]),
+    # the last conv block's rectified output before its pooling, as Grad-CAM takes VGG's conv5_3: twice the
+    # resolution of the pooled map the head sees
+    "small_cnn": ModelSpec(lambda size: SmallCNN(), None, lambda m: m.features[-1][-2]),
     "resnet50": ModelSpec(_timm_builder("resnet50"), "resnet50", lambda m: m.layer4),
     "vit_tiny": ModelSpec(_timm_builder("vit_tiny_patch16_224", sized=True), "vit_tiny_patch16_224",
                           lambda m: m.blocks[-1], is_vit=True),

@@ -1,15 +1,22 @@
 """Procedural synthetic chest radiographs (PA view): the project's embedded default data set.
 
 Each case (seed, index) is one patient. Its anatomy and every nuisance factor (image size, framing,
-exposure, noise, side marker) come from ``np.random.default_rng([seed, index, 0])``; its lesion comes
-from ``np.random.default_rng([seed, index, 1])``. The same case rendered as NORMAL and as PNEUMONIA
-therefore differs only inside the lesion, so nothing but the lesion can separate the classes.
+patient size and position, exposure, contrast, gamma, noise, collimation, text and side marker) come from
+``np.random.default_rng([seed, index, 0])``, whatever the label: nuisance is drawn from one distribution for
+both classes and is larger than any class difference in global statistics. What the label adds is drawn
+from ``default_rng([seed, index, 1])``:
 
-Geometry lives in "patient units": u runs left to right across the image (0 on the midline, the
-chest is about 0.9 wide), v runs downwards; both share one pixels-per-unit scale. The patient is
-built as an attenuation map (soft tissue + bone + lesion - air) on a working grid of at most
-``WORK_LONG`` px, upsampled to the output size, then exposed like a film:
-brightness = 1 - exp(-k * attenuation), with gain/gamma/offset, vignetting, noise and blur at full size.
+- PNEUMONIA: a lesion -- patchy, textured consolidation with irregular borders inside a lobe, air
+  bronchograms, or an interstitial (reticular) pattern; from small foci to a lobe, in one or both lungs;
+- NORMAL: the same lesion is drawn but not rendered; instead non-lesion opacity outside the lung
+  parenchyma (breast and chest-wall soft tissue, scapulae, a larger heart) adds the same total brightness.
+  So the classes differ in where and what the opacity is, never in how much of it there is.
+
+Geometry lives in "patient units": u runs left to right across the image (0 on the midline, the chest is
+about 0.9 wide), v runs downwards; both share one pixels-per-unit scale. The patient is built as an
+attenuation map (soft tissue + bone + opacity - air) on a working grid of at most ``WORK_LONG`` px, exposed
+like a film (brightness = 1 - exp(-k * attenuation), with gain/gamma/offset, vignetting and collimation),
+upsampled to the output size, then given detector noise, text and a marker at full size.
 """
 from __future__ import annotations
 
@@ -23,16 +30,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import gaussian_filter, maximum_filter
 from tqdm import tqdm
 
 from .vocabulary import CLASSES, STUDY_SPLIT
 
+GENERATOR_VERSION = 3  # part of the cache key of generated sets: bump whenever a render changes
 DEFAULT_SIZE = 512
-DEFAULT_DIFFICULTY = 0.3
+DEFAULT_DIFFICULTY = 0.0  # the densest lesions: from random initialisation a model needs them (README's curve)
 PATTERNS = ("lobar", "patchy", "interstitial")
+# the non-lesion opacities of NORMAL cases, outside the lung parenchyma, each with the most it adds at its
+# densest point (attenuation units): what that anatomy can plausibly add, so that a big lesion is matched by
+# several shadows rather than by one white blot
+SHADOWS = {"breasts": 0.35, "scapulae": 0.3, "heart": 0.4, "soft_tissue": 0.25}
 MASK_LUNG, MASK_LESION = 128, 255
 WORK_LONG = 256  # anatomy is smooth: build it on a small grid, upsample, add noise at full size
+BICUBIC_REACH = 2  # source pixels a bicubic upsampling draws on: how far a lesion's change can spread
 
 _F = np.float32
 
@@ -59,47 +72,74 @@ def _noise_field(rng, grid_long, shape, sigma):
     return _resize(n / (n.std() + 1e-6), shape)
 
 
-# ---------------------------------------------------------------- the frame and the patient
+def _lerp(x0, x1, t):
+    return x0 + (x1 - x0) * t
+
+
+# ---------------------------------------------------------------- the frame: nuisance of the acquisition
 
 def _draw_frame(rng, size):
-    """Image size, framing and exposure: all class-independent nuisance."""
+    """Image size, framing, patient size and position, exposure and detector: class-independent nuisance."""
     long_side = size * rng.uniform(0.85, 1.0)
     aspect = rng.uniform(0.8, 1.05)  # h / w
     h, w = (long_side * aspect, long_side) if aspect <= 1 else (long_side, long_side / aspect)
     return dict(
         h=round(h), w=round(w),
-        zoom=rng.uniform(0.9, 1.1),               # image width in patient units (chest ~0.9)
-        shift=rng.normal(0.0, 0.02, 2),
-        tilt=math.radians(rng.normal(0.0, 2.0)),
-        top=rng.uniform(0.0, 0.09),               # patient units of neck above the shoulders
-        k=rng.uniform(1.85, 2.15),                # beam hardness: how much dense regions saturate
-        gain=rng.uniform(0.95, 1.05), offset=rng.uniform(-0.04, 0.03), gamma=rng.uniform(0.92, 1.12),
-        vignette=rng.uniform(0.0, 0.2), vig_center=rng.normal(0.0, 0.15, 2),
-        noise=rng.uniform(0.012, 0.03), blur=rng.uniform(0.5, 1.0),
-        marker=dict(letter=str(rng.choice(["L", "R"])), corner=int(rng.integers(4)),
-                    scale=rng.uniform(0.03, 0.05), level=rng.uniform(0.85, 1.0),
-                    inset=rng.uniform(0.02, 0.06, 2)),
+        zoom=rng.uniform(0.9, 1.15),               # image width in patient units: how big the patient looks
+        shift=rng.normal(0.0, 0.035, 2),
+        tilt=math.radians(float(np.clip(rng.normal(0.0, 1.5), -4, 4))),
+        top=rng.uniform(-0.03, 0.12),             # patient units of neck above the shoulders
+        k=rng.uniform(1.5, 2.6),                  # beam hardness: how much dense regions saturate
+        gain=rng.uniform(0.72, 1.15), offset=rng.uniform(-0.14, 0.08), gamma=math.exp(rng.normal(0.0, 0.25)),
+        vignette=rng.uniform(0.0, 0.3), vig_center=rng.normal(0.0, 0.15, 2),
+        noise=rng.uniform(0.01, 0.04), grain=rng.uniform(1.0, 2.0),
+        collimation=_draw_collimation(rng),
+        text=_draw_text(rng),
+        marker=dict(glyph=_GLYPHS[str(rng.choice(["L", "R"]))], corner=int(rng.integers(4)),
+                    scale=rng.uniform(0.03, 0.05), level=rng.uniform(0.75, 1.0), inset=rng.uniform(0.02, 0.06, 2)),
     )
 
 
+def _draw_collimation(rng):
+    """Unexposed (or cropped) borders: each side's width as a fraction of the image, and their grey level."""
+    widths = rng.uniform(0.0, 0.08, 4) * (rng.uniform(size=4) < 0.5) * (rng.uniform() < 0.6)
+    return dict(widths=widths, level=rng.uniform(0.0, 1.0), edge=rng.uniform(0.003, 0.015))
+
+
+def _draw_text(rng):
+    """Burnt-in annotation: a few lines of glyph-like blocks in one corner (0 lines: none)."""
+    lines = int(rng.integers(0, 3))
+    return dict(
+        glyphs=[rng.uniform(size=(int(rng.integers(3, 12)), 5, 3)) < 0.55 for _ in range(lines)],
+        # characters 1.5-3 % of the image high, as burnt-in labels are
+        corner=int(rng.integers(4)), scale=rng.uniform(0.003, 0.006), level=rng.uniform(0.6, 1.0),
+        inset=rng.uniform(0.02, 0.08, 2),
+    )
+
+
+# ---------------------------------------------------------------- the patient
+
 def _draw_anatomy(rng):
-    """Body habitus and the shape of lungs, heart, ribs and mediastinum (patient units)."""
+    """Body habitus, the shape of lungs, heart, ribs and mediastinum, and overlying soft tissue (patient units)."""
     n = rng.normal
     return dict(
-        chest=0.45 + n(0, 0.015), neck=0.16 + n(0, 0.012), shoulder_v=0.2 + n(0, 0.02),
+        chest=0.45 + n(0, 0.02), neck=0.16 + n(0, 0.012), shoulder_v=0.2 + n(0, 0.02),
         arm_gap=rng.uniform(0.01, 0.07), arm_width=rng.uniform(0.06, 0.12),
-        lung_lat=0.375 + n(0, 0.012), lung_taper=0.09 + n(0, 0.015), apex_c=0.2 + n(0, 0.01),
+        lung_lat=0.375 + n(0, 0.015), lung_taper=0.09 + n(0, 0.015), apex_c=0.2 + n(0, 0.01),
         apex_r=0.155 + n(0, 0.01), apex_h=0.3 + n(0, 0.03),
-        apex=0.12 + n(0, 0.012), dome=0.66 + n(0, 0.03), dome_lr=0.025 + n(0, 0.01),
+        apex=0.12 + n(0, 0.012), dome=0.66 + n(0, 0.035), dome_lr=0.025 + n(0, 0.01),
         cp_depth=0.1 + n(0, 0.015), med=0.06 + n(0, 0.006), knob=0.015 + n(0, 0.005),
-        heart_top=0.38 + n(0, 0.02), heart_v=0.62 + n(0, 0.02), heart_l=0.11 + n(0, 0.015),
-        heart_r=0.035 + n(0, 0.01),
+        heart_top=0.38 + n(0, 0.02), heart_v=0.62 + n(0, 0.02), heart_l=0.11 + n(0, 0.02),
+        heart_r=0.035 + n(0, 0.012),
         rib_v0=0.085 + n(0, 0.01), rib_sp=0.052 + n(0, 0.003), rib_growth=0.025 + n(0, 0.006),
         rib_thick=0.45 + n(0, 0.04), rib_rise=0.5 + n(0, 0.05), rib_drop=3.2 + n(0, 0.3),
         rib_jitter=n(0, 0.04, 32).astype(_F), arib_slope=0.5 + n(0, 0.05), arib_phase=rng.uniform(0, 1),
         clav_v=0.2 + n(0, 0.012), clav_tilt=-0.22 + n(0, 0.04),
-        soft=rng.uniform(0.9, 1.1), air=rng.uniform(0.8, 1.0), bone=rng.uniform(0.8, 1.2),
+        soft=rng.uniform(0.85, 1.15), air=rng.uniform(0.75, 1.0), bone=rng.uniform(0.75, 1.25),
         vessels=rng.uniform(0.7, 1.3), bubble=bool(rng.uniform() < 0.7), arms=bool(rng.uniform() < 0.6),
+        # the same kinds of overlying density a NORMAL case gets as its matched opacity, in both classes
+        breasts=rng.uniform(0.0, 0.3) * (rng.uniform() < 0.6), breast_scale=rng.uniform(0.7, 1.3),
+        scapulae=rng.uniform(0.0, 0.25) * (rng.uniform() < 0.6), scapula_scale=rng.uniform(0.7, 1.3),
     )
 
 
@@ -132,8 +172,6 @@ def _to_pixels(frame, shape, u, v):
     cx, cy, ppu, tilt = _placement(frame, shape)
     c, s = math.cos(tilt), math.sin(tilt)
     return cx + (c * u - s * v) * ppu - 0.5, cy + (s * u + c * v) * ppu - 0.5
-
-
 # ---------------------------------------------------------------- anatomy
 
 def _lateral_edge(v, a):
@@ -142,10 +180,10 @@ def _lateral_edge(v, a):
     return a["lung_lat"] - a["lung_taper"] * t * t
 
 
-def _heart_border(v, a, side):
+def _heart_border(v, a, side, grow=1.0):
     """Lateral reach of the mediastinum: narrow above, bulging out along the heart (mostly on the left)."""
     t = np.clip((v - a["heart_top"]) * (1 / (a["heart_v"] - a["heart_top"])), 0, 1)
-    bulge = a["heart_l"] if side > 0 else a["heart_r"]
+    bulge = (a["heart_l"] if side > 0 else a["heart_r"]) * grow
     med = a["med"] + bulge * np.sqrt(1 - (1 - t) ** 2)
     if side > 0:
         med = med + a["knob"] * np.exp(-(((v - a["heart_top"] + 0.04) * (1 / 0.05)) ** 2))
@@ -268,22 +306,45 @@ def _body(u, v, a):
     return thickness
 
 
+def _heart(u, v, a, grow=1.0):
+    heart = _soft(np.minimum(_heart_border(v, a, 1, grow) - u, u + _heart_border(v, a, -1, grow)), 0.04)
+    return heart * _soft(v - a["heart_top"], 0.1)
+
+
+def _breasts(u, v, a, scale):
+    """Breast or pectoral soft-tissue shadows over both lung bases: smooth domes with a curved lower edge."""
+    out = np.zeros(u.shape, _F)
+    for side in (-1, 1):
+        ru, rv = 0.15 * scale, 0.11 * scale
+        r2 = ((u - side * 0.25) * (1 / ru)) ** 2 + ((v - a["dome"] + 0.03) * (1 / rv)) ** 2
+        out += np.sqrt(np.clip(1 - r2, 0, 1))
+    return out
+
+
+def _scapulae(u, v, a, scale):
+    """The scapulae, not fully rotated out: smooth plates over the upper lateral lungs, leaning inwards below."""
+    lat = np.abs(u)
+    cv = a["apex"] + 0.2 * scale
+    cu = _lateral_edge(v, a) - 0.03 * scale
+    r2 = ((lat - cu) * (1 / (0.08 * scale))) ** 2 + ((v - cv) * (1 / (0.19 * scale))) ** 2
+    return _soft(1 - r2, 0.8)
+
+
 def _anatomy(rng, frame, shape):
     """Attenuation map of the patient without lesion, and the geometry lesions are placed in."""
     a = _draw_anatomy(rng)
     u, v = _coords(frame, shape)
-    lung_sd = np.maximum(_lung_sd(u, v, a, -1), _lung_sd(u, v, a, 1))
+    sides = {side: _lung_sd(u, v, a, side) for side in (-1, 1)}
+    lung_sd = np.maximum(sides[-1], sides[1])
     lung = np.clip(lung_sd * (1 / 0.015), 0, 1)  # ramps up inside the lung: no air outside the mask
     # the beam crosses more lung in the middle of each field and lower down
     depth = np.sqrt(np.clip(lung_sd * (1 / 0.07), 0, 1)) * (0.55 + 0.45 * _soft(v - a["apex"] - 0.15, 0.3))
-    heart = _soft(np.minimum(_heart_border(v, a, 1) - u, u + _heart_border(v, a, -1)), 0.04)
-    heart *= _soft(v - a["heart_top"], 0.1)
     soft_var = _noise_field(rng, 10, shape, 1.0)
     body = _body(u, v, a)
     att = (0.9 + 0.06 * soft_var) * a["soft"] * body
     air = 0.3 * lung + 0.7 * depth
     att -= 0.6 * a["air"] * air
-    att += 0.03 * heart
+    att += 0.03 * _heart(u, v, a)
     ribs = _ribs(u, v, a, lung_sd) * (0.5 + 0.5 * lung)
     att += 0.11 * a["bone"] * (ribs + 1.3 * _clavicles(u, v, a)) * body
     att += 0.12 * _spine(u, v, a)
@@ -293,58 +354,88 @@ def _anatomy(rng, frame, shape):
     att += (0.08 * a["vessels"] * _vessels(rng, frame, shape, a) + 0.05 * hila) * lung
     mottle = _noise_field(rng, 120, shape, 0.7)
     att += 0.012 * mottle * lung
+    att += a["breasts"] * _breasts(u, v, a, a["breast_scale"]) + a["scapulae"] * _scapulae(u, v, a, a["scapula_scale"])
     if a["bubble"]:
         bub = ((u - 0.2) * (1 / 0.06)) ** 2 + ((v - a["dome"] - a["dome_lr"] - 0.07) * (1 / 0.035)) ** 2
         att -= 0.12 * _soft(1 - bub, 0.6) * (lung_sd < -0.02)
-    return att, dict(a=a, u=u, v=v, lung_sd=lung_sd, air=air)
+    return att, dict(a=a, u=u, v=v, lung_sd=lung_sd, sides=sides, air=air, lung=lung, body=body)
 
 
 # ---------------------------------------------------------------- exposure
 
 _GLYPHS = {
-    "L": ["11000", "11000", "11000", "11000", "11000", "11111", "11111"],
-    "R": ["11110", "11011", "11011", "11110", "11100", "11011", "11011"],
+    "L": np.array([[c == "1" for c in row] for row in ["11000", "11000", "11000", "11000", "11000", "11111", "11111"]]),
+    "R": np.array([[c == "1" for c in row] for row in ["11110", "11011", "11011", "11110", "11100", "11011", "11011"]]),
 }
 
 
-def _draw_marker(img, m):
+def _stamp(img, block, corner, inset):
+    """Burn a bright block (marker, text) into one corner of the image, in place."""
     h, w = img.shape
-    glyph = np.array([[c == "1" for c in row] for row in _GLYPHS[m["letter"]]], _F)
-    cell = max(1, round(m["scale"] * w / 7))
-    block = np.kron(glyph, np.ones((cell, cell), _F)) * m["level"]
     bh, bw = block.shape
-    y = round(m["inset"][0] * h) if m["corner"] < 2 else h - bh - round(m["inset"][0] * h)
-    x = round(m["inset"][1] * w) if m["corner"] % 2 == 0 else w - bw - round(m["inset"][1] * w)
+    y = round(inset[0] * h) if corner < 2 else h - bh - round(inset[0] * h)
+    x = round(inset[1] * w) if corner % 2 == 0 else w - bw - round(inset[1] * w)
+    y, x = max(0, y), max(0, x)
     region = img[y:y + bh, x:x + bw]
     np.maximum(region, block[: region.shape[0], : region.shape[1]], out=region)
 
 
+def _draw_marker(img, m):
+    cell = max(1, round(m["scale"] * img.shape[1] / 7))
+    _stamp(img, np.kron(m["glyph"].astype(_F), np.ones((cell, cell), _F)) * m["level"], m["corner"], m["inset"])
+
+
+def _draw_annotation(img, t):
+    if not t["glyphs"]:
+        return
+    cell = max(1, round(t["scale"] * img.shape[1]))
+    width = max(len(line) for line in t["glyphs"]) * 4
+    rows = []
+    for line in t["glyphs"]:  # characters 3 cells wide with a 1-cell gap, lines 5 cells high with a 2-cell gap
+        text = np.zeros((7, width), bool)
+        for i, char in enumerate(line):
+            text[:5, 4 * i:4 * i + 3] = char
+        rows.append(text)
+    block = np.kron(np.concatenate(rows).astype(_F), np.ones((cell, cell), _F)) * t["level"]
+    _stamp(img, block, t["corner"], t["inset"])
+
+
 def _tone(att, frame):
-    """Film response: saturating exposure curve, gamma, gain/offset and vignetting (smooth, so work grid)."""
+    """Film response: saturating exposure curve, gamma, gain/offset, vignetting, collimation (smooth: work grid)."""
     f, k = frame, frame["k"]
     bright = -np.expm1(-k * np.maximum(att, 0)) * (1 / -math.expm1(-k * 1.4))
     bright = np.clip(bright, 0, 1) ** f["gamma"] * f["gain"] + f["offset"]
     h, w = att.shape
     yy = (np.arange(h, dtype=_F) / h - 0.5 - f["vig_center"][0] * 0.3)[:, None]
     xx = (np.arange(w, dtype=_F) / w - 0.5 - f["vig_center"][1] * 0.3)[None, :]
-    return bright * (1.0 - f["vignette"] * 2 * (xx * xx + yy * yy))
+    bright = bright * (1.0 - f["vignette"] * 2 * (xx * xx + yy * yy))
+    return _collimate(bright, f["collimation"])
+
+
+def _collimate(bright, c):
+    if not c["widths"].any():
+        return bright
+    h, w = bright.shape
+    y = (np.arange(h, dtype=_F) + 0.5) / h
+    x = (np.arange(w, dtype=_F) + 0.5) / w
+    top, bottom, left, right = c["widths"]
+    inside = _soft(np.minimum(y - top, 1 - bottom - y), c["edge"])[:, None] * \
+        _soft(np.minimum(x - left, 1 - right - x), c["edge"])[None, :]
+    return bright * inside + c["level"] * (1 - inside)
 
 
 def _finish(rng, bright, frame):
-    """Full-size detector effects: quantum noise (growing with dose), blur, side marker, 8-bit output."""
+    """Full-size detector effects: quantum noise (growing with dose, of varying grain), text, marker, 8 bits."""
     h, w = bright.shape
-    noise = rng.standard_normal(bright.shape, dtype=_F)
-    bright = bright + frame["noise"] * noise * np.sqrt(np.clip(bright, 0.05, 1))
-    bright = gaussian_filter(bright, frame["blur"] * max(h, w) / 512, truncate=3.0)
+    grain = frame["grain"]
+    noise = _resize(rng.standard_normal((max(8, round(h / grain)), max(8, round(w / grain))), dtype=_F), (h, w))
+    bright = bright + frame["noise"] * math.sqrt(grain) * noise * np.sqrt(np.clip(bright, 0.05, 1))
+    _draw_annotation(bright, frame["text"])
     _draw_marker(bright, frame["marker"])
     return (np.clip(bright, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 # ---------------------------------------------------------------- lesions
-
-def _lerp(x0, x1, t):
-    return x0 + (x1 - x0) * t
-
 
 def _lung_height(v, a, side):
     """0 at the apex, 1 at the diaphragm dome of one lung."""
@@ -352,71 +443,88 @@ def _lung_height(v, a, side):
     return (v - a["apex"]) * (1 / (dome - a["apex"]))
 
 
-def _lobar(rng, geo, size, edge):
-    """Dense, smooth consolidation filling part of one lobe, sharply bounded where a fissure is."""
+def _blob(u, v, centre, radius, roughness):
+    """An irregular, patchy focus: 1 - distance/radius perturbed by noise, so borders wander and holes open.
+    `roughness` is a unit-variance noise field scaled by how irregular the focus is."""
+    dist = np.hypot(u - centre[0], (v - centre[1]) * 0.85) * (1 / radius)
+    return np.clip((1 - dist + roughness) * 2.5, 0, 1)
+
+
+def _roughness(rng, shape):
+    coarse = _noise_field(rng, 14, shape, 1.0)
+    fine = _noise_field(rng, 40, shape, 1.0)
+    return 0.35 * coarse + 0.3 * fine
+
+
+def _one_lung(geo, side):
+    return _soft(geo["sides"][side] + 0.01, 0.02)
+
+
+def _lobar(rng, geo, scale):
+    """Consolidation of part of one lobe: patchy, bounded by a wavy fissure, the lung edge and its own margin."""
     a, u, v = geo["a"], geo["u"], geo["v"]
     side = int(rng.choice([-1, 1]))
     lobe = int(rng.integers(3))  # upper, lower, middle (lingula on the left)
-    fissure = rng.uniform(0.38, 0.55)
-    lat = side * u
-    t = _lung_height(v, a, side)
     height = a["dome"] - a["apex"]
-    # only the right lung has a horizontal fissure, seen edge-on as a sharp border
-    fissure_edge = 0.006 if side < 0 else 0.04
+    t = _lung_height(v, a, side)
+    # fissures are curved and oblique (higher laterally for the major fissure), never ruler-straight
+    wave = 0.05 * _noise_field(rng, 6, u.shape, 1.0) + 0.02 * _noise_field(rng, 16, u.shape, 1.0)
+    across = (side * u - 0.2) * (1 / 0.2)
+    fissure = rng.uniform(0.4, 0.55) - rng.uniform(0.05, 0.15) * across + rng.uniform(-0.1, 0.1) * across ** 2 + wave
     if lobe == 0:
-        region = _soft((fissure - t) * height, fissure_edge)
-        centre_t = rng.uniform(0.1, fissure)
+        region, centre_t = _soft((fissure - t) * height, 0.02), rng.uniform(0.15, 0.4)
     elif lobe == 1:
-        region = _soft((t - fissure - 0.1) * height, 0.05)  # the oblique fissure projects blurred
-        centre_t = rng.uniform(fissure + 0.2, 1.0)
+        region, centre_t = _soft((t - fissure - 0.05) * height, 0.03), rng.uniform(0.65, 0.95)
     else:
-        region = _soft((t - fissure) * height, fissure_edge) * _soft(0.27 - lat, 0.06)
-        centre_t = rng.uniform(fissure + 0.1, 0.9)
-    cu, cv = side * rng.uniform(0.13, 0.3), a["apex"] + centre_t * height
-    radius = size * rng.uniform(0.14, 0.24)
-    wobble = _noise_field(rng, 14, u.shape, 1.0)
-    dist = np.hypot(u - cu, (v - cv) * 0.8)
-    blob = _soft(radius * (1 + 0.25 * wobble) - dist, 2 * edge + 0.03)
-    return region * blob * (side * u > 0)
+        region = _soft((t - fissure) * height, 0.02) * _soft(0.26 + wave - side * u, 0.04)
+        centre_t = rng.uniform(0.55, 0.85)
+    centre = (side * rng.uniform(0.14, 0.28), a["apex"] + centre_t * height)
+    radius = scale * rng.uniform(0.12, 0.22)
+    return region * _blob(u, v, centre, radius, _roughness(rng, u.shape)) * _one_lung(geo, side)
 
 
-def _patchy(rng, geo, size, edge):
-    """Several irregular blobs of varied size, clustered in one zone or scattered over both lungs."""
+def _inside_points(rng, geo, n):
+    """n random points well inside the lungs, in patient units (2 x n)."""
     u, v, lung_sd = geo["u"], geo["v"], geo["lung_sd"]
-    n = int(rng.integers(4, 13))
-    inside = np.flatnonzero(lung_sd > 0.02)
+    inside = np.flatnonzero(lung_sd > 0.03)
     if len(inside) == 0:  # a tiny render: fall back to the deepest lung pixel
         inside = np.array([lung_sd.argmax()])
+    picks = inside[rng.integers(len(inside), size=n)]
+    return np.stack([u.flat[picks], v.flat[picks]])
+
+
+def _patchy(rng, geo, scale):
+    """Bronchopneumonia: several irregular foci, from small to sizeable, clustered in one zone or in both lungs."""
+    u, v = geo["u"], geo["v"]
+    n = int(rng.integers(2, 9))
     if rng.uniform() < 0.5:
-        anchor = inside[rng.integers(len(inside))]
-        centres = np.array([[u.flat[anchor]], [v.flat[anchor]]]) + rng.normal(0, 0.06, (2, n))
+        centres = _inside_points(rng, geo, 1) + rng.normal(0, 0.06, (2, n))
     else:
-        picks = inside[rng.integers(len(inside), size=n)]
-        centres = np.stack([u.flat[picks], v.flat[picks]])
-    radii = size * rng.uniform(0.03, 0.08, n)
-    wobble = _noise_field(rng, 40, u.shape, 1.0)
+        centres = _inside_points(rng, geo, n)
+    radii = scale * np.exp(rng.uniform(math.log(0.035), math.log(0.1), n))
+    roughness = _roughness(rng, u.shape)
     out = np.zeros(u.shape, _F)
-    for (cu, cv), r in zip(centres.T, radii):
-        dist = np.hypot(u - cu, v - cv)
-        np.maximum(out, _soft(r * (1 + 0.35 * wobble) - dist, edge + 0.3 * r) * rng.uniform(0.6, 1.0), out=out)
+    for centre, radius in zip(centres.T, radii):
+        np.maximum(out, _blob(u, v, centre, radius, roughness) * rng.uniform(0.7, 1.0), out=out)
     return out
 
 
-def _interstitial(rng, geo, size, edge):
-    """Fine reticular (net-like) streaks over a perihilar or basal area, often on both sides."""
+def _interstitial(rng, geo, scale):
+    """Interstitial / peribronchial pattern: a fine net of streaks over a perihilar or basal zone, often both sides."""
     a, u, v = geo["a"], geo["u"], geo["v"]
-    sides = [int(rng.choice([-1, 1]))] if rng.uniform() < 0.25 else [-1, 1]
+    sides = [int(rng.choice([-1, 1]))] if rng.uniform() < 0.3 else [-1, 1]
     zone_t = rng.uniform(0.35, 0.85)
-    ru, rv = size * rng.uniform(0.11, 0.17), size * rng.uniform(0.15, 0.24)
+    ru, rv = scale * rng.uniform(0.09, 0.15), scale * rng.uniform(0.13, 0.22)
+    roughness = _roughness(rng, u.shape)
     area = np.zeros(u.shape, _F)
     for side in sides:
-        cu, cv = side * rng.uniform(0.14, 0.26), a["apex"] + zone_t * (a["dome"] - a["apex"])
-        ell = 1 - np.hypot((u - cu) / ru, (v - cv) / rv)
-        np.maximum(area, _soft(ell * min(ru, rv), edge + 0.04), out=area)
+        centre = (side * rng.uniform(0.13, 0.25), a["apex"] + zone_t * (a["dome"] - a["apex"]))
+        dist = np.hypot((u - centre[0]) * (1 / ru), (v - centre[1]) * (1 / rv))
+        np.maximum(area, np.clip((1 - dist + roughness) * 4, 0, 1), out=area)
     fine = _noise_field(rng, 90, u.shape, 0.8)
     coarse = _noise_field(rng, 45, u.shape, 0.8)
-    lines = np.maximum(np.exp(-(fine * (1 / 0.15)) ** 2), 0.6 * np.exp(-(coarse * (1 / 0.12)) ** 2))
-    return area * (0.65 + 0.35 * lines)
+    lines = np.maximum(np.exp(-(fine * (1 / 0.2)) ** 2), 0.7 * np.exp(-(coarse * (1 / 0.15)) ** 2))
+    return area * (0.4 + 0.6 * lines)
 
 
 _PATTERN_SHAPES = {"lobar": _lobar, "patchy": _patchy, "interstitial": _interstitial}
@@ -426,32 +534,77 @@ def _lesion(rng, geo, difficulty):
     """Lesion density (attenuation units, work grid, exactly 0 outside the lesion) and its pattern.
 
     Drawn from the lesion RNG only, with the same draws at every difficulty: difficulty scales the
-    density, the size and the edge blur of one and the same lesion. Exudate replaces air, so the
-    density is proportional to the air the beam crosses there (no bright rims at the lung edges).
+    density and the size of one and the same lesion. Exudate replaces air, so the density is
+    proportional to the air the beam crosses there (no bright rims at the lung edges).
     """
     d = min(max(difficulty, 0.0), 1.0)
     pattern = PATTERNS[int(rng.integers(len(PATTERNS)))]
-    density = rng.uniform(0.8, 1.2) * _lerp(0.8, 0.05, d)
-    size = _lerp(1.6, 0.7, d)
-    edge = _lerp(0.004, 0.03, d)
-    opacity = _PATTERN_SHAPES[pattern](rng, geo, size, edge)
-    # alveolar filling is not uniform: acinar nodules, and air bronchograms through consolidation
-    nodules = np.clip(0.5 + 0.35 * _noise_field(rng, 70, opacity.shape, 0.8), 0, 1)
+    density = rng.uniform(0.8, 1.2) * _lerp(5.0, 0.5, d)
+    opacity = _PATTERN_SHAPES[pattern](rng, geo, _lerp(1.1, 0.5, d))
+    # alveolar filling is not uniform: blotchy clumps, acinar nodules, air bronchograms where it is dense
+    clumps = np.clip(0.5 + 0.7 * _noise_field(rng, 20, opacity.shape, 1.0), 0, 1)
+    nodules = np.clip(0.5 + 1.5 * _noise_field(rng, 28, opacity.shape, 0.8), 0, 1)
     bronchi = np.exp(-((_noise_field(rng, 24, opacity.shape, 1.0) * (1 / 0.2)) ** 2))
-    texture = (0.55 + 0.45 * nodules) * (1 - (0.3 if pattern == "lobar" else 0.1) * bronchi)
-    # float32 throughout: the twin renders must stay bit-identical wherever the lesion is 0
+    texture = (0.15 + 0.85 * clumps) * (0.2 + 0.8 * nodules) * (1 - 0.6 * bronchi * opacity)
     return (density * opacity * geo["air"] * texture).astype(_F), pattern
+
+
+# ---------------------------------------------------------------- the NORMAL counterpart: matched opacity
+
+def _shadow(kind, geo, scale):
+    """One kind of NORMAL opacity as a unit field: soft tissue and bone over (not in) the lungs, or a larger heart."""
+    a, u, v = geo["a"], geo["u"], geo["v"]
+    if kind == "heart":  # a larger heart (or a poor inspiration): density where lung was, without its texture
+        # it ends at the diaphragm: unbounded, the difference of two hearts is a band down to the image's edge
+        return (_heart(u, v, a, 1 + 0.6 * scale) - _heart(u, v, a)) * _soft(a["dome"] + 0.04 - v, 0.06)
+    if kind == "breasts":
+        return _breasts(u, v + 0.04 * scale, a, scale * 1.2)
+    if kind == "scapulae":
+        return _scapulae(u, v, a, scale)
+    # a thicker chest wall and shoulders; overlying tissue (breasts, scapulae) stays smooth over the lungs, as
+    # on a film: cut at the lung's edge it would draw the lung outline, a cue no real NORMAL film has
+    return geo["body"] * _soft(np.abs(u) - a["lung_lat"] + 0.12 * scale, 0.08) * (1 - geo["lung"])
+
+
+def _matched_shadow(rng, geo, att, frame, lesion):
+    """Non-lesion opacity that brightens the image exactly as much as `lesion` would, over a similar area.
+
+    Shadows are taken in random order until their density, each capped at what that anatomy can plausibly
+    add, sums to the lesion's; then the whole is rescaled to the lesion's added brightness (the film curve
+    is not linear). Returns the density and the kinds used ("+"-joined)."""
+    lesion_area = np.count_nonzero(lesion > 0.05 * lesion.max())
+    needed, total, kinds = float(lesion.sum()), np.zeros_like(att), []
+    for kind in rng.permutation(list(SHADOWS)):
+        unit_area = np.count_nonzero(_shadow(kind, geo, 1.0) > 0.05)
+        field = _shadow(kind, geo, float(np.clip(math.sqrt(lesion_area / max(unit_area, 1)), 0.5, 1.8)))
+        amount = min(needed / max(float(field.sum()), 1e-6), SHADOWS[kind] / max(float(field.max()), 1e-6))
+        total += amount * field
+        kinds.append(str(kind))
+        needed -= amount * float(field.sum())
+        if needed <= 0.02 * lesion.sum():
+            break
+    coarse = (slice(None, None, 2), slice(None, None, 2))  # a brightness sum: half the resolution is plenty
+    base = _tone(att[coarse], frame)
+    target = float((_tone((att + lesion)[coarse], frame) - base).sum())
+    for _ in range(2):
+        got = float((_tone((att + total)[coarse], frame) - base).sum())
+        total *= target / got if got > 0 else 1.0
+    return total.astype(_F), "+".join(kinds)
 
 
 # ---------------------------------------------------------------- public API
 
 def render_case(seed: int, index: int, pneumonia: bool, *, size: int = DEFAULT_SIZE,
-                difficulty: float = DEFAULT_DIFFICULTY, return_info: bool = False):
+                difficulty: float = DEFAULT_DIFFICULTY, opacity: bool = True, return_info: bool = False):
     """One radiograph (uint8 H×W) and its mask (uint8 H×W: 0 outside the lungs, 128 lung field, 255 lesion).
 
-    Size, framing, exposure, noise, marker and anatomy come from the case RNG alone, so the NORMAL and the
-    PNEUMONIA render of one (seed, index) differ only inside the lesion. With return_info=True a third
-    element is returned: a dict with "pattern" (one of PATTERNS, None for NORMAL).
+    Everything but the class's opacity comes from the case RNG alone, so both renders of one (seed, index)
+    share anatomy and nuisance. PNEUMONIA adds a lesion; NORMAL adds a non-lesion opacity (see SHADOWS) that
+    brightens the image by as much. `opacity=False` renders the case without either (the bare patient);
+    the PNEUMONIA mask marks the pixels where the lesion changes the bare film by at least one grey level
+    (before detector noise). With return_info=True a third element is returned: a dict with "pattern" (one of
+    PATTERNS, None for NORMAL), "shadow" (the SHADOWS used, "+"-joined; None for PNEUMONIA) and "added" (mean
+    brightness added over the image, 0..1).
     """
     rng = np.random.default_rng([seed, index, 0])
     frame = _draw_frame(rng, size)
@@ -459,15 +612,32 @@ def render_case(seed: int, index: int, pneumonia: bool, *, size: int = DEFAULT_S
     att, geo = _anatomy(rng, frame, _work_shape(*shape))
     lung_sd = _resize(geo["lung_sd"], shape)
     mask = np.where(lung_sd > 0, MASK_LUNG, 0).astype(np.uint8)
-    pattern = None
-    if pneumonia:
-        density, pattern = _lesion(np.random.default_rng([seed, index, 1]), geo, float(difficulty))
-        att = att + density
-        mask[(_resize(density, shape) > 0) & (lung_sd > 0)] = MASK_LESION
-    img = _finish(rng, _resize(_tone(att, frame), shape, Image.BICUBIC), frame)
+    info = {"pattern": None, "shadow": None, "added": 0.0}
+    added = np.zeros_like(att)
+    if opacity:
+        lesion, pattern = _lesion(np.random.default_rng([seed, index, 1]), geo, float(difficulty))
+        if pneumonia:
+            added, info["pattern"] = lesion, pattern
+            # the lesion is what changes the film by at least one grey level (faint fringes are not lesion)
+            visible = _tone(att + lesion, frame) - _tone(att, frame) >= 1 / 255
+            mask[_changed_pixels(visible, shape)] = MASK_LESION
+        else:
+            added, info["shadow"] = _matched_shadow(np.random.default_rng([seed, index, 2]), geo, att, frame, lesion)
+    bright = _tone(att + added, frame)
+    if opacity and return_info:
+        info["added"] = float((bright - _tone(att, frame)).mean())
+    img = _finish(rng, _resize(bright, shape, Image.BICUBIC), frame)
     if return_info:
-        return img, mask, {"pattern": pattern}
+        return img, mask, info
     return img, mask
+
+
+def _changed_pixels(support, shape):
+    """Output pixels that a change on `support` (work grid) reaches through bicubic upsampling."""
+    support = support.astype(np.uint8)
+    if support.shape != tuple(shape):
+        support = maximum_filter(support, size=2 * BICUBIC_REACH + 1)
+    return _resize(support, shape, Image.NEAREST).astype(bool)
 
 
 def _plan(n_train, n_val, n_test, seed, ext):

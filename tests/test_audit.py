@@ -104,7 +104,7 @@ def test_size_shortcut_of_the_real_samples_is_flagged(clean):
     assert report.feature_aucs[report.shortcut_feature] < 0.5  # NORMAL larger
     assert audit_folder(clean, progress=False).shortcut_auc == report.shortcut_auc  # deterministic
     text = format_report(report)
-    assert "WARNING" in text and "a model can tell the classes apart from metadata alone" in text
+    assert "WARNING" in text and "a model can tell the classes apart from metadata and global statistics alone" in text
     assert f"most telling feature: {report.shortcut_feature} (higher in NORMAL" in text
 
 
@@ -200,3 +200,32 @@ def test_json_holds_the_findings(tmp_path):
     assert found["shortcut_auc"] >= 0.75 and found["shortcut_feature"]
     assert found["stats"]["NORMAL"]["n"] == 4
     assert AuditReport.__dataclass_fields__.keys() - {"has_splits", "feature_aucs"} <= found.keys()
+
+
+def test_shortcut_figure_is_the_intensity_baseline_on_the_same_images(tmp_path):
+    """The audit's intensity figure is pneumo_ml.baseline's cross-validated AUC on the files as written."""
+    from pneumo_ml import synthetic
+    from pneumo_ml.baseline import cross_validated_auc, feature_matrix
+    from pneumo_ml.io import read_xray
+
+    manifest = synthetic.write_dataset(tmp_path / "s", n_train=12, n_val=4, n_test=12, seed=3, size=96,
+                                       progress=False)
+    report = audit_folder(tmp_path / "s", progress=False)
+    images = [read_xray(tmp_path / "s" / path) for path in manifest["path"]]
+    expected = cross_validated_auc(feature_matrix(images), (manifest["label"] == "PNEUMONIA").to_numpy(int))
+    assert report.intensity_auc == round(expected, 4)
+    assert report.shortcut_auc is not None and report.metadata_auc is not None
+    assert "global intensity statistics" in format_report(report)
+
+
+def test_a_brightness_shortcut_is_flagged(tmp_path):
+    """Same files, but every PNEUMONIA image brighter: metadata alike, intensity statistics give it away."""
+    for label, lift in (("NORMAL", 0), ("PNEUMONIA", 40)):
+        (tmp_path / label).mkdir()
+        for path in sorted(SAMPLES.glob("*/*.jpeg")):
+            pixels = np.asarray(Image.open(path).convert("L"), dtype=int)
+            Image.fromarray(np.clip(pixels + lift, 0, 255).astype(np.uint8)).save(
+                tmp_path / label / f"{label.lower()}_{path.stem}.png")
+    report = audit_folder(tmp_path, progress=False)
+    assert report.intensity_auc >= 0.9 and report.shortcut_auc >= 0.75
+    assert "WARNING" in format_report(report)

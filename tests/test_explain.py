@@ -217,7 +217,8 @@ def test_vit_gradcam_lights_up_the_patch_that_matters():
 
 
 def test_vit_gradcam_matches_a_hand_computed_cam():
-    """The real timm vit_tiny: Captum via the token-grid view equals Grad-CAM computed by hand on the tokens."""
+    """The real timm vit_tiny: Captum via the token-grid view equals Grad-CAM of the log-odds z1 - z0 computed by
+    hand on the tokens."""
     model, transform = _model("vit_tiny")
     model.eval()
     images = _noise(2, seed=5)
@@ -231,7 +232,7 @@ def test_vit_gradcam_matches_a_hand_computed_cam():
         logits = model(transform(torch.from_numpy(images)))
     finally:
         handle.remove()
-    grads = torch.autograd.grad(logits[:, 1].sum(), saved["tokens"])[0][:, 1:]
+    grads = torch.autograd.grad((logits[:, 1] - logits[:, 0]).sum(), saved["tokens"])[0][:, 1:]
     tokens = saved["tokens"][:, 1:].detach()
     cam = F.relu((tokens * grads.mean(dim=1, keepdim=True)).sum(-1)).reshape(2, 1, 4, 4)
     cam = F.interpolate(cam, size=(64, 64), mode="bilinear", align_corners=False)[:, 0]

@@ -141,14 +141,14 @@ def test_a_version_validated_on_another_split_never_displaces_the_champion():
         assert result.exit_code == 0, result.output
         return result.output
 
-    v1 = train(1)
+    v1 = train(4)  # seeds picked so the scenario holds on the embedded data: asserted below, not assumed
     assert "@champion -> v1" in promote()
-    v2 = train(2, n_val=4)
+    v2 = train(8, n_val=4)
     assert v2.metrics["best_val_auc"] > v1.metrics["best_val_auc"] + 0.01  # the figure that used to win
     out = promote()
     assert tracking.alias_version(NAME, "champion") == "1"
     assert "not comparable with champion v1: v2 (another split digest, split sizes 16/4/12, not 16/8/12)" in out
-    v3 = train(2)
+    v3 = train(8)
     assert v3.metrics["best_val_auc"] > v1.metrics["best_val_auc"] + 0.01
     out = promote()
     assert tracking.alias_version(NAME, "champion") == "3" and "beats champion v1" in out and "v2 (" in out
