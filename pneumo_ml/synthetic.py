@@ -613,19 +613,17 @@ def render_case(seed: int, index: int, pneumonia: bool, *, size: int = DEFAULT_S
     lung_sd = _resize(geo["lung_sd"], shape)
     mask = np.where(lung_sd > 0, MASK_LUNG, 0).astype(np.uint8)
     info = {"pattern": None, "shadow": None, "added": 0.0}
-    added = np.zeros_like(att)
+    bright = bare = _tone(att, frame)
     if opacity:
         lesion, pattern = _lesion(np.random.default_rng([seed, index, 1]), geo, float(difficulty))
         if pneumonia:
-            added, info["pattern"] = lesion, pattern
+            bright, info["pattern"] = _tone(att + lesion, frame), pattern
             # the lesion is what changes the film by at least one grey level (faint fringes are not lesion)
-            visible = _tone(att + lesion, frame) - _tone(att, frame) >= 1 / 255
-            mask[_changed_pixels(visible, shape)] = MASK_LESION
+            mask[_changed_pixels(bright - bare >= 1 / 255, shape)] = MASK_LESION
         else:
-            added, info["shadow"] = _matched_shadow(np.random.default_rng([seed, index, 2]), geo, att, frame, lesion)
-    bright = _tone(att + added, frame)
-    if opacity and return_info:
-        info["added"] = float((bright - _tone(att, frame)).mean())
+            shadow, info["shadow"] = _matched_shadow(np.random.default_rng([seed, index, 2]), geo, att, frame, lesion)
+            bright = _tone(att + shadow, frame)
+        info["added"] = float((bright - bare).mean())
     img = _finish(rng, _resize(bright, shape, Image.BICUBIC), frame)
     if return_info:
         return img, mask, info
